@@ -1,0 +1,40 @@
+"""`backpack` command line: one subcommand group per module in this folder.
+
+Each module exposes `register(subparsers)`, which adds its parser(s) and sets `func` (called with the parsed args).
+A `BackpackError` anywhere becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import BackpackError
+
+COMMAND_MODULES = ["data", "train", "sample", "evaluate", "senses", "convert"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backpack", description="Backpack language models: train, sample, read senses.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BackpackError as err:
+        print(f"backpack {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"backpack {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Backpack configuration and named presets.
+
+A Backpack has a GPT-2 trunk (the "contextualization network"), so the config is GPT-2's plus the sense fields.
+Notation in docstrings: V vocabulary, d = n_embd, L = n_layer, H = n_head, k = num_senses.
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import GPT2Config
+
+from ..errors import BackpackError
+
+# Published sizes (Hewitt et al. 2023, Table 1 and the stanfordnlp/backpack-gpt2 release): k=16, V=50264, 512 positions.
+PRESETS: dict[str, dict] = {
+    "micro": dict(n_embd=384, n_layer=6, n_head=6, num_senses=16, vocab_size=50264, n_positions=512),
+    "mini": dict(n_embd=640, n_layer=8, n_head=8, num_senses=16, vocab_size=50264, n_positions=512),
+    "small": dict(n_embd=768, n_layer=12, n_head=12, num_senses=16, vocab_size=50264, n_positions=512),
+    # CPU presets (ours). `tiny` is char-level (vocab set from the data); `tiny-bpe` suits an 8k BPE vocabulary.
+    "tiny": dict(n_embd=128, n_layer=4, n_head=4, num_senses=4, vocab_size=128, n_positions=256,
+                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+    "tiny-bpe": dict(n_embd=256, n_layer=4, n_head=4, num_senses=8, vocab_size=8192, n_positions=256,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+}
+
+
+@strict
+class BackpackConfig(GPT2Config):
+    r"""GPT-2 settings for the trunk, plus:
+
+    num_senses (k): sense vectors per token.
+    sense_intermediate_scale: inner width of the final sense MLP is `sense_intermediate_scale * d` (FFN_2: d -> s*d -> k*d).
+    shrink_sense_inner: both sense-network MLP inner widths become d (a cheaper variant).
+    """
+
+    model_type = "backpack"
+
+    vocab_size: int = 50264
+    n_positions: int = 512
+    num_senses: int = 16
+    sense_intermediate_scale: int = 4
+    shrink_sense_inner: bool = False
+    scale_attn_by_inverse_layer_idx: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.n_embd % self.n_head or self.n_embd % self.num_senses:
+            raise BackpackError(
+                f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} and num_senses={self.num_senses}"
+            )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "BackpackConfig":
+        """A preset by name (micro, mini, small, tiny, tiny-bpe) with any field overridden."""
+        if name not in PRESETS:
+            raise BackpackError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def sense_inner_sizes(self) -> tuple[int, int]:
+        """Inner widths of (FFN_1, FFN_2) in the sense network."""
+        d = self.n_embd
+        return (d, d) if self.shrink_sense_inner else (4 * d, self.sense_intermediate_scale * d)
