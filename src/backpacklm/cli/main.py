@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars report progress; keep stderr for errors
+    hf_logging.set_verbosity_error()
     try:
         args.func(args)
     except BackpackError as err:

@@ -85,7 +85,8 @@ class BackpackPreTrainedModel(PreTrainedModel):
         N(0, (0.02/sqrt(2L))^2) (GPT-2's residual scaling)."""
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, Conv1D)):
-            init.normal_(module.weight, mean=0.0, std=std)
+            residual = getattr(module, "is_residual_projection", False)
+            init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer) if residual else std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -93,8 +94,6 @@ class BackpackPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        if isinstance(module, (GPT2Attention, GPT2MLP, SenseMLP)):
-            init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
 
 
 class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
@@ -103,6 +102,9 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
         self.transformer = GPT2Model(config)
         self.sense_network = SenseNetwork(config)
         self.sense_weights = SenseWeights(config)
+        for module in self.modules():
+            if isinstance(module, (GPT2Attention, GPT2MLP, SenseMLP)):
+                module.c_proj.is_residual_projection = True
         self.post_init()
 
     # --- Hugging Face plumbing -------------------------------------------------------------------------------

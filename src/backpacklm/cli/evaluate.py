@@ -1,0 +1,47 @@
+"""`backpack eval`: perplexity on a prepared split or a text file."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="perplexity of a model")
+    p.add_argument("--model", required=True, help="model directory or training run directory")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="prepared data directory")
+    source.add_argument("--text", help="a UTF-8 text file")
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--block-size", type=int, default=None, help="default: the model's positions")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    import numpy as np
+
+    from ..data.dataset import TokenData
+    from ..data.tokenizers import encode_strict
+    from ..errors import BackpackError
+    from ..evaluation import perplexity, read_text
+    from ..model.loading import load_model
+
+    model, tokenizer = load_model(args.model)
+    if args.data:
+        tokens = TokenData(args.data).split(args.split)
+    else:
+        if tokenizer is None:
+            raise BackpackError("the model directory has no tokenizer to read --text with")
+        tokens = np.array(encode_strict(tokenizer, read_text(args.text)), dtype=np.int64)
+    if len(tokens) and int(tokens.max()) >= model.config.vocab_size:
+        raise BackpackError(f"token id {int(tokens.max())} is out of range for the model's vocabulary")
+    block = min(args.block_size or model.config.n_positions, len(tokens) - 1) if len(tokens) > 1 else 1
+    result = perplexity(model, tokens, block, args.batch_size, args.max_batches)
+    result["source"] = args.data or args.text
+    print(f"loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f} "
+          f"over {result['tokens']:,} tokens (block {result['block_size']})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)

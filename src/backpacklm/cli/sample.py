@@ -1,0 +1,31 @@
+"""`backpack sample`: generate text with the KV cache."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sample", help="generate text from a model")
+    p.add_argument("--model", required=True, help="model directory or training run directory")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=0, help="0: no top-k filtering")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..model.loading import load_model
+    from ..sampling import sample_text
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    texts = sample_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                        args.top_p, args.seed, args.num_samples, args.greedy)
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1} ---")
+        print(text)

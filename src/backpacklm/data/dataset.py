@@ -1,0 +1,90 @@
+"""Read a prepared data folder (see prepare.py) and cut it into training and evaluation batches."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from ..errors import BackpackError
+from .tokenizers import load_tokenizer
+
+SPLITS = ("train", "val")
+META_KEYS = ("vocab_size", "dtype", "eot_id", "n_train_tokens", "n_val_tokens")
+
+
+class TokenData:
+    """A prepared data folder: `meta` (dict from meta.json), `train` and `val` (read-only 1-D token arrays,
+    memory-mapped), `tokenizer` (loaded on first use)."""
+
+    def __init__(self, data_dir: str | Path):
+        self.dir = Path(data_dir)
+        hint = "make one with `backpack data prepare`"
+        if not self.dir.is_dir():
+            raise BackpackError(f"{self.dir}: no such data folder ({hint})")
+        meta_path = self.dir / "meta.json"
+        if not meta_path.is_file():
+            raise BackpackError(f"{self.dir}: no meta.json, not a prepared data folder ({hint})")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise BackpackError(f"{meta_path}: unreadable ({err})") from None
+        if missing := [key for key in META_KEYS if key not in self.meta]:
+            raise BackpackError(f"{meta_path}: missing {', '.join(missing)}")
+        self.train = self._open("train")
+        self.val = self._open("val")
+
+    def _open(self, split: str) -> np.ndarray:
+        path, dtype, n = self.dir / f"{split}.bin", np.dtype(self.meta["dtype"]), self.meta[f"n_{split}_tokens"]
+        if not path.is_file():
+            raise BackpackError(f"{path}: missing")
+        if path.stat().st_size != n * dtype.itemsize:
+            raise BackpackError(f"{path}: {path.stat().st_size} bytes, but meta.json says {n} {dtype} tokens")
+        if n == 0:  # an empty file cannot be memory-mapped
+            empty = np.zeros(0, dtype)
+            empty.flags.writeable = False
+            return empty
+        return np.memmap(path, dtype=dtype, mode="r")
+
+    def split(self, name: str) -> np.ndarray:
+        """The tokens of split `name` ("train" or "val")."""
+        if name not in SPLITS:
+            raise BackpackError(f"unknown split {name!r}: expected one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        return load_tokenizer(self.dir / "tokenizer")
+
+
+def sample_batch(tokens: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator) -> torch.Tensor:
+    """[batch_size, block_size] int64 windows of `tokens` starting at uniform positions in [0, len - block_size).
+
+    Positions come from `generator` only, so restoring its state (get_state/set_state) repeats the same batches.
+    """
+    if len(tokens) < block_size + 1:
+        raise BackpackError(f"split has {len(tokens)} tokens, fewer than block size + 1 = {block_size + 1}")
+    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
+    return torch.from_numpy(np.stack([tokens[s : s + block_size] for s in starts]).astype(np.int64))
+
+
+def iter_eval_windows(
+    tokens: np.ndarray, block_size: int, batch_size: int, max_batches: int | None = None
+) -> Iterator[torch.Tensor]:
+    """Consecutive non-overlapping windows from the start of `tokens` as int64 [b, block_size] batches
+    (b = batch_size, the last batch may be smaller), at most `max_batches` of them. Trailing tokens that do not fill
+    a window are left out."""
+    n_windows = len(tokens) // block_size
+    if n_windows == 0:
+        raise BackpackError(f"split has {len(tokens)} tokens, fewer than block size {block_size}")
+    for i, first in enumerate(range(0, n_windows, batch_size)):
+        if max_batches is not None and i >= max_batches:
+            return
+        rows = min(batch_size, n_windows - first)
+        chunk = tokens[first * block_size : (first + rows) * block_size]
+        yield torch.from_numpy(chunk.astype(np.int64).reshape(rows, block_size))

@@ -1,0 +1,196 @@
+"""Turn text files into flat token files for training, nanoGPT style.
+
+out_dir/
+  train.bin, val.bin   raw token ids, uint16 (or uint32 for vocabularies over 65536 ids), documents each ended by
+                       <|endoftext|>; the last `val_fraction` of every document's tokens goes to val.bin
+  tokenizer/           the tokenizer (save_pretrained; AutoTokenizer.from_pretrained reads it)
+  meta.json            vocab_size, dtype, eot_id, token counts, sources, ...
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerFast
+
+from ..errors import BackpackError
+from .shakespeare import fetch_shakespeare
+from .tokenizers import (
+    build_char_tokenizer,
+    encode_ordinary,
+    is_char_tokenizer,
+    load_tokenizer,
+    train_bpe_tokenizer,
+)
+
+BUILTIN_SOURCES = {"shakespeare": fetch_shakespeare}  # name -> function returning text files
+BATCH_CHARS = 1 << 22  # documents are encoded in batches of about this many characters
+
+
+def prepare_corpus(
+    sources: list[str],
+    out_dir: str | Path,
+    tokenizer: str = "char",
+    vocab_size: int = 8192,
+    val_fraction: float = 0.1,
+) -> dict:
+    """Tokenize `sources` into `out_dir` (see the module docstring) and return the meta dict.
+
+    sources: files, folders (every *.txt below, sorted), glob patterns, or a built-in name ("shakespeare");
+        each file is one UTF-8 document.
+    tokenizer: "char" (the corpus's characters), "bpe" (byte-level BPE of `vocab_size` ids trained on the corpus),
+        or anything `load_tokenizer` takes ("gpt2", a tokenizer folder).
+    """
+    if not 0 <= val_fraction < 1:
+        raise BackpackError(f"val fraction must be in [0, 1), got {val_fraction}")
+    paths = resolve_sources(sources)
+    tok = _make_tokenizer(tokenizer, paths, vocab_size)
+    eot, dtype = tok.eos_token_id, token_dtype(len(tok))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    counts = {"train": 0, "val": 0}
+    with _atomic_open(out_dir / "train.bin") as train_file, _atomic_open(out_dir / "val.bin") as val_file:
+        with tqdm(total=len(paths), unit="file", desc="tokenizing", disable=len(paths) < 10) as progress:
+            for batch in _batches(paths):
+                for ids in _encode(tok, batch):
+                    n_train = int(len(ids) * (1 - val_fraction))
+                    for split, file, part in [("train", train_file, ids[:n_train]), ("val", val_file, ids[n_train:])]:
+                        if len(part):
+                            file.write(np.append(part, eot).astype(dtype).tobytes())
+                            counts[split] += len(part) + 1
+                progress.update(len(batch))
+    _save_tokenizer(tok, out_dir / "tokenizer")
+
+    if is_char_tokenizer(tok):
+        kind = "char"
+    else:
+        kind = tokenizer if tokenizer in ("bpe", "gpt2") else "pretrained"
+    meta = {
+        "vocab_size": len(tok),
+        "dtype": np.dtype(dtype).name,
+        "eot_id": eot,
+        "tokenizer_kind": kind,
+        "tokenizer": str(tokenizer),
+        "n_train_tokens": counts["train"],
+        "n_val_tokens": counts["val"],
+        "n_documents": len(paths),
+        "sources": [str(p) for p in paths],
+        "val_fraction": val_fraction,
+    }
+    with _atomic_open(out_dir / "meta.json") as f:
+        f.write((json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def token_dtype(vocab_size: int) -> type:
+    """numpy dtype that holds every id below `vocab_size`."""
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def resolve_sources(sources: list[str]) -> list[Path]:
+    """Absolute text file paths for `sources`, in order, duplicates dropped. An existing path beats a built-in name."""
+    if not sources:
+        raise BackpackError("no sources given")
+    paths: list[Path] = []
+    for source in map(str, sources):
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            if not found:
+                raise BackpackError(f"{source}: folder has no *.txt files")
+        elif path.is_file():
+            found = [path]
+        elif source in BUILTIN_SOURCES:
+            found = BUILTIN_SOURCES[source]()
+        elif glob.has_magic(source):
+            found = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+            if not found:
+                raise BackpackError(f"{source}: pattern matches no files")
+        else:
+            builtins = ", ".join(BUILTIN_SOURCES)
+            raise BackpackError(f"{source}: no such file or folder (built-in datasets: {builtins})")
+        paths.extend(p.resolve() for p in found)
+    return list(dict.fromkeys(paths))
+
+
+def read_document(path: Path) -> str:
+    """The text of one UTF-8 file (a leading byte order mark dropped, line ends kept as they are)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise BackpackError(f"{path}: not UTF-8 text (invalid byte at offset {err.start})") from None
+    except OSError as err:
+        raise BackpackError(f"{path}: cannot read ({err.strerror})") from None
+    if not text:
+        raise BackpackError(f"{path}: empty file")
+    return text
+
+
+def _documents(paths: list[Path]) -> Iterator[str]:
+    return (read_document(p) for p in paths)
+
+
+def _make_tokenizer(spec: str, paths: list[Path], vocab_size: int) -> PreTrainedTokenizerFast:
+    if spec == "char":
+        chars: set[str] = set()
+        for text in _documents(paths):
+            chars.update(text)
+        return build_char_tokenizer("".join(chars))
+    if spec == "bpe":
+        return train_bpe_tokenizer(_documents(paths), vocab_size)
+    return load_tokenizer(spec)
+
+
+def _batches(paths: list[Path]) -> Iterator[list[tuple[Path, str]]]:
+    """(path, text) pairs grouped into batches of about BATCH_CHARS characters."""
+    batch, size = [], 0
+    for path in paths:
+        text = read_document(path)
+        batch.append((path, text))
+        size += len(text)
+        if size >= BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _encode(tok: PreTrainedTokenizerFast, batch: list[tuple[Path, str]]) -> list[np.ndarray]:
+    if not is_char_tokenizer(tok):
+        return encode_ordinary(tok, [text for _, text in batch])
+    out = []
+    for path, text in batch:  # one by one to name the file: a loaded char tokenizer may lack some characters
+        try:
+            out += encode_ordinary(tok, [text])
+        except BackpackError as err:
+            raise BackpackError(f"{path}: {err}") from None
+    return out
+
+
+@contextmanager
+def _atomic_open(path: Path):
+    """A binary file that replaces `path` only when the block ends without error."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_tokenizer(tok: PreTrainedTokenizerFast, folder: Path) -> None:
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)

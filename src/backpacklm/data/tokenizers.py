@@ -1,0 +1,164 @@
+"""Tokenizers: character-level, byte-level BPE trained on a corpus, or loaded (GPT-2 files, a folder, the hub).
+
+Every tokenizer is a Hugging Face `PreTrainedTokenizerFast` whose eos token is `<|endoftext|>`, so
+`tokenizer.save_pretrained(dir)` and later `AutoTokenizer.from_pretrained(dir)` work offline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
+
+from ..errors import BackpackError
+
+EOT = "<|endoftext|>"
+
+
+def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOT, bos_token=EOT)
+
+
+def build_char_tokenizer(text: str) -> PreTrainedTokenizerFast:
+    """One id per distinct character of `text` (sorted by code point), then `<|endoftext|>` as the last id.
+
+    Characters outside the vocabulary encode to `<|endoftext|>`; `encode_strict` rejects them instead.
+    """
+    vocab = {ch: i for i, ch in enumerate(sorted(set(text)))}
+    vocab[EOT] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=EOT))
+    backend.pre_tokenizer = pre_tokenizers.FixedLength(length=1)  # every character, newlines too, is one piece
+    backend.decoder = decoders.Fuse()  # join pieces with nothing in between, so decode(encode(text)) == text
+    return _wrap(backend)
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 style, no prefix space) with `vocab_size` ids, `<|endoftext|>` being id 0.
+
+    The vocabulary is smaller than asked when the texts run out of pairs to merge.
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + 1:
+        minimum = len(alphabet) + 1
+        raise BackpackError(f"BPE vocab size must be at least {minimum} (256 bytes + {EOT}), got {vocab_size}")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOT], initial_alphabet=alphabet, show_progress=False
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return _wrap(backend)
+
+
+def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerFast:
+    """Load a tokenizer from a folder or by name.
+
+    A folder holds tokenizer.json (Hugging Face), vocab.json + merges.txt, or GPT-2's original encoder.json +
+    vocab.bpe. The name "gpt2" loads GPT-2's tokenizer from the Hugging Face hub (or its local cache).
+    """
+    path = Path(spec)
+    if path.is_dir():
+        tokenizer = _load_folder(path)
+    elif str(spec) == "gpt2":
+        try:
+            tokenizer = AutoTokenizer.from_pretrained("gpt2")
+        except (OSError, ValueError) as err:
+            reason = _first_line(err)
+            raise BackpackError(f"could not load tokenizer 'gpt2' from the Hugging Face hub: {reason}") from None
+    else:
+        raise BackpackError(
+            f"unknown tokenizer {str(spec)!r}: expected 'gpt2' or a folder holding tokenizer.json, "
+            "vocab.json + merges.txt, or encoder.json + vocab.bpe"
+        )
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise BackpackError(f"{spec}: not a fast (tokenizers-backed) tokenizer")
+    if tokenizer.eos_token is None:  # a bare tokenizer.json: use (or add) <|endoftext|>
+        tokenizer.add_special_tokens({"eos_token": EOT})
+    return tokenizer
+
+
+def _load_folder(path: Path) -> PreTrainedTokenizerFast:
+    if (path / "tokenizer.json").is_file():
+        try:
+            return AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise BackpackError(f"{path}: cannot load tokenizer ({_first_line(err)})") from None
+    for vocab_name, merges_name in [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")]:
+        if (path / vocab_name).is_file() and (path / merges_name).is_file():
+            return _load_byte_level_bpe(path / vocab_name, path / merges_name)
+    raise BackpackError(f"{path}: no tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe in it")
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _load_byte_level_bpe(vocab_file: Path, merges_file: Path) -> PreTrainedTokenizerFast:
+    """GPT-2 style files. (In transformers 5, GPT2TokenizerFast(vocab_file=..., merges_file=...) is empty.)"""
+    try:
+        vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+        lines = merges_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as err:  # ValueError covers bad JSON and bad UTF-8
+        raise BackpackError(f"cannot read {vocab_file} / {merges_file}: {err}") from None
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    if not isinstance(vocab, dict) or any(len(pair) != 2 for pair in merges):
+        raise BackpackError(f"{vocab_file} / {merges_file}: not a BPE vocabulary (token->id) and merge list (a b)")
+    return GPT2TokenizerFast(vocab=vocab, merges=merges)
+
+
+def is_char_tokenizer(tokenizer: PreTrainedTokenizerFast) -> bool:
+    """True for tokenizers made by `build_char_tokenizer` (and saved/loaded copies of them)."""
+    return isinstance(tokenizer.backend_tokenizer.pre_tokenizer, pre_tokenizers.FixedLength)
+
+
+def unknown_characters(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
+    """The distinct characters of `text` a char tokenizer lacks, sorted ("" if none, or not a char tokenizer)."""
+    if not is_char_tokenizer(tokenizer):
+        return ""
+    for special in tokenizer.all_special_tokens:  # encode() reads these as their special token
+        text = text.replace(special, "")
+    return "".join(sorted(set(text) - tokenizer.get_vocab().keys()))
+
+
+def _unknown_error(chars: str) -> BackpackError:
+    shown = " ".join(repr(ch) for ch in chars[:10]) + (" ..." if len(chars) > 10 else "")
+    return BackpackError(f"{len(chars)} character(s) not in the tokenizer's vocabulary: {shown}")
+
+
+def encode_strict(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
+    """Token ids of `text` (no special tokens added); BackpackError naming any character the tokenizer lacks."""
+    if chars := unknown_characters(tokenizer, text):
+        raise _unknown_error(chars)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def encode_ordinary(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list[np.ndarray]:
+    """Token ids (int64 arrays) of each text, reading special-token strings like `<|endoftext|>` as plain text.
+
+    Char tokenizers map code points through a sorted table (5 MB in well under a second); others encode the batch
+    in parallel threads.
+    """
+    if is_char_tokenizer(tokenizer):
+        table = sorted((ord(ch), i) for ch, i in tokenizer.get_vocab().items() if len(ch) == 1)
+        table.append((0xFFFFFFFF, -1))  # sentinel above every code point: searchsorted stays in range
+        codes = np.array([code for code, _ in table], dtype=np.uint32)
+        ids = np.array([i for _, i in table], dtype=np.int64)
+        out = []
+        for text in texts:
+            points = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+            pos = np.searchsorted(codes, points)
+            missing = codes[pos] != points
+            if missing.any():
+                raise _unknown_error("".join(map(chr, np.unique(points[missing]))))
+            out.append(ids[pos])
+        return out
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy, so the settings below stay local
+    backend.encode_special_tokens = True
+    backend.no_truncation()
+    backend.no_padding()
+    return [np.array(enc.ids, dtype=np.int64) for enc in backend.encode_batch_fast(texts, add_special_tokens=False)]

@@ -1,0 +1,56 @@
+"""Perplexity of a model on a prepared split or a text file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.dataset import iter_eval_windows
+from .errors import BackpackError
+
+
+@torch.no_grad()
+def mean_loss(model, tokens: np.ndarray, block_size: int, batch_size: int = 8, max_batches: int | None = None,
+              device: str | torch.device = "cpu") -> float:
+    """Mean next-token cross-entropy (nats/token) over consecutive non-overlapping windows from the start of `tokens`."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in iter_eval_windows(tokens, block_size, batch_size, max_batches):
+        batch = batch.to(device)
+        n = batch.shape[0] * (batch.shape[1] - 1)
+        total += model(input_ids=batch, labels=batch, use_cache=False).loss.item() * n
+        count += n
+    model.train(was_training)
+    if count == 0:
+        raise BackpackError(f"the evaluation text has fewer than {block_size + 1} tokens")
+    return total / count
+
+
+def perplexity(model, tokens: np.ndarray, block_size: int | None = None, batch_size: int = 8,
+               max_batches: int | None = None) -> dict:
+    """{'loss': nats/token, 'perplexity': exp(loss), 'tokens': scored tokens, 'block_size': ...}."""
+    block_size = block_size or model.config.n_positions
+    device = next(model.parameters()).device
+    loss = mean_loss(model, tokens, block_size, batch_size, max_batches, device)
+    windows = min(len(tokens) // block_size, (max_batches or 10**12) * batch_size)
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": windows * (block_size - 1), "block_size": block_size}
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; a missing, empty or non-UTF-8 file is a one-line error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BackpackError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise BackpackError(f"{path} is a directory, not a text file") from None
+    except UnicodeDecodeError as err:
+        raise BackpackError(f"{path} is not UTF-8 text (byte {err.start})") from None
+    if not text.strip():
+        raise BackpackError(f"{path} is empty")
+    return text

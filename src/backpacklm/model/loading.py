@@ -1,0 +1,57 @@
+"""Load a trained model (and its tokenizer) from a model directory or a training run directory, strictly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import BackpackError
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory holds config.json; a run directory points at its latest checkpoint in latest.json."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if (path / "latest.json").is_file():
+        try:
+            latest = json.loads((path / "latest.json").read_text())["checkpoint"]
+        except (ValueError, KeyError) as err:
+            raise BackpackError(f"{path / 'latest.json'} is not a valid run manifest ({err})") from None
+        return resolve_model_dir(path / latest)
+    if not path.exists():
+        raise BackpackError(f"model directory {path} does not exist")
+    raise BackpackError(f"{path} is not a model directory (no config.json) nor a training run (no latest.json)")
+
+
+def load_model(path: str | Path, device: str = "cpu", **kwargs):
+    """(model, tokenizer or None) in eval mode. Missing, unexpected or mis-shaped weights are an error, never
+    silently re-initialized."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = resolve_model_dir(path)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+    except BackpackError:
+        raise
+    except Exception as err:  # corrupted / truncated / foreign files surface as many exception types
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BackpackError(f"cannot load a model from {model_dir}: {message}") from None
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, sorted(v, key=str)[:3]))}" for k, v in problems.items())
+        raise BackpackError(f"checkpoint in {model_dir} does not match its config ({detail})")
+    model.to(device).eval()
+    return model, load_tokenizer_if_present(model_dir)
+
+
+def load_tokenizer_if_present(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as err:
+        raise BackpackError(f"cannot load the tokenizer in {model_dir}: {err}") from None

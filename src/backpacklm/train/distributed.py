@@ -1,0 +1,59 @@
+"""Data-parallel set-up under `torchrun` (gloo on CPU, nccl on GPU); a no-op for a single process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str = "auto") -> Distributed:
+    """Reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK; picks the device and the matching process-group backend."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def teardown(env: Distributed) -> None:
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: Distributed) -> None:
+    if env.enabled:
+        dist.barrier()
+
+
+def mean_across(env: Distributed, value: float) -> float:
+    if not env.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=env.device)
+    dist.all_reduce(tensor)
+    return tensor.item() / env.world_size

@@ -1,0 +1,298 @@
+"""The training loop: AdamW, warmup + decay, clipping, accumulation, autocast, periodic validation, checkpoints,
+exact resume, and data parallelism under torchrun.
+
+Data parallelism draws one global batch per micro-step from a generator that every rank seeds identically, and each
+rank takes its own slice, so a 2-process run sees exactly the batches of a 1-process run with twice the batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..data.dataset import TokenData, sample_batch
+from ..errors import BackpackError
+from ..evaluation import mean_loss
+from ..model.config import PRESETS, BackpackConfig
+from ..model.loading import load_model
+from ..model.transformer import build_model
+from . import distributed
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .optim import learning_rate, make_optimizer
+
+PUBLISHED_PRESETS = ("micro", "mini", "small")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    preset: str = "tiny"
+    arch: str = "backpack"
+    model_overrides: dict = field(default_factory=dict)  # any BackpackConfig field, e.g. n_layer, num_senses
+    init_from: str | None = None  # start from this model directory's weights (fine-tuning)
+    max_steps: int | None = None  # None: 1000, or the resumed run's own value
+    stop_after: int | None = None  # stop (and checkpoint) at this step without changing the schedule
+    max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
+    batch_size: int = 12  # sequences per optimizer step per process, across accumulation steps
+    block_size: int | None = None  # tokens per sequence; default: the model's positions
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float | None = None  # default lr / 10
+    warmup_steps: int = 100
+    decay: str = "cosine"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_batches: int = 20
+    log_interval: int = 10
+    checkpoint_interval: int | None = None  # default: eval_interval
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bfloat16 autocast on a GPU that supports it, else float32
+    compile: bool = False
+    resume: bool = False
+    progress: bool = True
+
+
+def model_config(cfg: TrainConfig, meta: dict) -> BackpackConfig:
+    """The preset with overrides; the vocabulary follows the data (published presets keep their 50264 rows)."""
+    overrides = dict(cfg.model_overrides)
+    data_vocab = int(meta["vocab_size"])
+    if "vocab_size" not in overrides:
+        preset_vocab = PRESETS.get(cfg.preset, {}).get("vocab_size", data_vocab)
+        keep = cfg.preset in PUBLISHED_PRESETS and data_vocab <= preset_vocab
+        overrides["vocab_size"] = preset_vocab if keep else data_vocab
+    if overrides["vocab_size"] < data_vocab:
+        raise BackpackError(f"vocab_size {overrides['vocab_size']} is smaller than the data's vocabulary ({data_vocab})")
+    eot = meta.get("eot_id")
+    return BackpackConfig.from_preset(cfg.preset, bos_token_id=eot, eos_token_id=eot, **overrides)
+
+
+def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) on val of add-one-smoothed unigram frequencies from train: the floor to beat."""
+    counts = np.bincount(np.asarray(train), minlength=vocab_size).astype(np.float64) + 1.0
+    log_p = np.log(counts / counts.sum())
+    return float(-log_p[np.asarray(val)].mean())
+
+
+class StopRequest:
+    """First Ctrl-C (or SIGTERM) asks the loop to checkpoint and stop at the end of the current step."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self.previous:
+            signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _autocast(device: str, dtype: str):
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float32":
+        return contextlib.nullcontext, None
+    amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    scaler = torch.amp.GradScaler("cuda") if dtype == "float16" else None
+    return (lambda: torch.autocast(device.split(":")[0], dtype=amp_dtype)), scaler
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) a run in `cfg.out`; returns the final summary (also written to summary.json)."""
+    env = distributed.setup(cfg.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if env.device == "cpu":  # bitwise-reproducible runs (and so exact resume); some CPU kernels vary otherwise
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train(cfg, env)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        distributed.teardown(env)
+
+
+def _train(cfg: TrainConfig, env: distributed.Distributed) -> dict:
+    data = TokenData(cfg.data)
+    run_dir = Path(cfg.out)
+    checkpoint = latest_checkpoint(run_dir)
+    state: dict = {}
+    if cfg.resume:
+        if checkpoint is None:
+            raise BackpackError(f"--resume: {run_dir} holds no checkpoint to resume")
+        model, _ = load_model(checkpoint)
+        for param in model.parameters():  # fresh (aligned) storage, as in the uninterrupted run
+            param.data = param.data.clone()
+        state, extra, optimizer_state = load_training_state(checkpoint)
+        for key in ("vocab_size", "n_train_tokens"):
+            if state["data_meta"].get(key) != data.meta.get(key):
+                raise BackpackError(f"--resume: {checkpoint} was trained on other data ({key} differs)")
+        clash = {k: v for k, v in cfg.model_overrides.items() if getattr(model.config, k, v) != v}
+        if clash:
+            raise BackpackError(f"--resume: the checkpoint's config differs from the requested settings: {clash}")
+    else:
+        if checkpoint is not None:
+            raise BackpackError(
+                f"{run_dir} already holds a run (at {checkpoint.name}); pass --resume to continue it or choose another --out"
+            )
+        torch.manual_seed(cfg.seed)
+        if cfg.init_from:
+            model, _ = load_model(cfg.init_from)
+        else:
+            model = build_model(model_config(cfg, data.meta), cfg.arch)
+    config = model.config
+    if len(data.tokenizer) > config.vocab_size:
+        raise BackpackError(f"the data's tokenizer has {len(data.tokenizer)} tokens; the model only {config.vocab_size}")
+
+    max_steps = cfg.max_steps or state.get("max_steps") or 1000
+    block_size = cfg.block_size or state.get("block_size") or config.n_positions
+    if block_size > config.n_positions:
+        raise BackpackError(f"block size {block_size} exceeds the model's {config.n_positions} positions")
+    if cfg.batch_size % (env.world_size * cfg.grad_accum):
+        raise BackpackError(
+            f"batch size {cfg.batch_size} must be divisible by processes ({env.world_size}) x accumulation ({cfg.grad_accum})"
+        )
+    micro_batch = cfg.batch_size // cfg.grad_accum  # global sequences per micro-step, split across processes
+    per_rank = micro_batch // env.world_size
+    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+    checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
+
+    device = env.device
+    model.to(device).train()
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
+    generator = torch.Generator().manual_seed(cfg.seed)  # identical on every rank: see module docstring
+    torch.manual_seed(cfg.seed + env.rank)  # dropout streams differ per rank
+    if cfg.resume:
+        optimizer.load_state_dict(optimizer_state)
+        generator.set_state(extra["rng.data"])
+        torch.set_rng_state(extra[f"rng.torch.{env.rank}"] if f"rng.torch.{env.rank}" in extra else extra["rng.torch.0"])
+    step = state.get("step", 0)
+    best = state.get("best_val_loss", math.inf)
+
+    train_model = model
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    if env.enabled:
+        train_model = DistributedDataParallel(train_model, device_ids=[env.local_rank] if device.startswith("cuda") else None)
+    autocast, scaler = _autocast(device, cfg.dtype)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, step)
+        (run_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    baseline = unigram_loss(data.train, data.val, config.vocab_size)
+
+    def checkpoint_now(val_loss: float | None):
+        rng = {"rng.data": generator.get_state(), "rng.torch.0": torch.get_rng_state()}
+        if env.is_main:
+            save_checkpoint(
+                run_dir, step, model, data.tokenizer, optimizer,
+                {"max_steps": max_steps, "block_size": block_size, "arch": config.model_type,
+                 "data_meta": {k: data.meta.get(k) for k in ("vocab_size", "n_train_tokens", "n_val_tokens")},
+                 "best_val_loss": best, "val_loss": val_loss},
+                rng,
+            )
+        distributed.barrier(env)
+
+    tokens_per_step = cfg.batch_size * block_size
+    start_time, window_start, window_tokens = time.time(), time.time(), 0
+    last_val = state.get("val_loss")
+    bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (cfg.progress and env.is_main),
+               dynamic_ncols=True, mininterval=1.0)
+    with StopRequest() as stop:
+        while step < max_steps:
+            lr = learning_rate(step, cfg.lr, min_lr, cfg.warmup_steps, max_steps, cfg.decay)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            for micro in range(cfg.grad_accum):
+                batch = sample_batch(data.train, micro_batch, block_size, generator)
+                batch = batch[env.rank * per_rank:(env.rank + 1) * per_rank].to(device)
+                sync = contextlib.nullcontext() if (not env.enabled or micro == cfg.grad_accum - 1) else train_model.no_sync()
+                with sync, autocast():
+                    loss = train_model(input_ids=batch, labels=batch, use_cache=False).loss / cfg.grad_accum
+                (scaler.scale(loss) if scaler else loss).backward()
+                step_loss += loss.item()
+            step_loss = distributed.mean_across(env, step_loss)
+            if not math.isfinite(step_loss):
+                kept = latest_checkpoint(run_dir)
+                where = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint was written yet"
+                raise BackpackError(f"loss became {step_loss} at step {step + 1}; stopped, {where}")
+            if scaler:
+                scaler.unscale_(optimizer)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_tokens += tokens_per_step
+
+            record = None
+            if step % cfg.log_interval == 0 or step == max_steps:
+                rate = window_tokens / max(time.time() - window_start, 1e-9)
+                window_start, window_tokens = time.time(), 0
+                record = {"step": step, "lr": lr, "train_loss": step_loss, "tokens_per_s": rate,
+                          "elapsed_s": time.time() - start_time}
+                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:,.0f}", val=f"{last_val:.3f}" if last_val else "-")
+            out_of_time = cfg.max_minutes is not None and (time.time() - start_time) > 60 * cfg.max_minutes
+            stopping = (step == max_steps or step == cfg.stop_after
+                        or distributed.mean_across(env, float(stop.requested or out_of_time)) > 0)
+            if step % cfg.eval_interval == 0 or stopping:
+                last_val = mean_loss(model, data.val, block_size, per_rank or 1, cfg.eval_batches, device)
+                best = min(best, last_val)
+                record = {**(record or {"step": step, "lr": lr, "train_loss": step_loss,
+                                        "elapsed_s": time.time() - start_time}), "val_loss": last_val}
+                bar.write(f"step {step}: train loss {step_loss:.4f}, val loss {last_val:.4f} "
+                          f"(unigram baseline {baseline:.4f})") if env.is_main and cfg.progress else None
+            if record and env.is_main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if step % checkpoint_interval == 0 or stopping:
+                checkpoint_now(last_val)
+            bar.update(1)
+            if stopping:
+                break
+    bar.close()
+
+    summary = {"step": step, "max_steps": max_steps, "val_loss": last_val, "best_val_loss": best,
+               "unigram_val_loss": baseline, "train_seconds": time.time() - start_time,
+               "checkpoint": str(latest_checkpoint(run_dir)) if env.is_main else None}
+    if env.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        from ..plots import loss_curve
+
+        loss_curve(metrics_path, run_dir / "loss_curve.png", baseline)
+    return summary
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records past the checkpoint so the log matches the weights."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))

@@ -1,0 +1,27 @@
+"""Shared test helpers: a small deterministic corpus and a CLI runner."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from backpacklm.cli.main import main
+
+SUBJECTS = ["the king", "a queen", "my lord", "the fool", "his daughter", "our knight"]
+VERBS = ["loves", "fears", "calls", "serves", "sees", "follows"]
+OBJECTS = ["the crown", "a horse", "the sea", "her father", "the night", "my sword"]
+
+
+def write_corpus(path: Path, sentences: int = 1500, seed: int = 0) -> Path:
+    """Simple English-like sentences: enough structure for a tiny model to learn within a few dozen steps."""
+    rng = random.Random(seed)
+    lines = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(sentences)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `backpack ARGV`."""
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
