@@ -43,5 +43,4 @@ def sample_text(model, tokenizer, prompt: str = "", max_new_tokens: int = 200, t
         num_return_sequences=num_samples, pad_token_id=tokenizer.eos_token_id, eos_token_id=None, **sampling,
         **model_kwargs,
     )
-    start = 1 if not prompt else 0  # drop the end-of-text token an empty prompt starts from
-    return [tokenizer.decode(row[start:].tolist()) for row in out]
+    return [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out]

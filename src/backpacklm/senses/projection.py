@@ -62,10 +62,15 @@ def sense_projection(model, tokenizer, word: str, top: int = 10) -> SenseProject
     return SenseProjection(word=word, token_id=token_id, raised=raised, lowered=lowered)
 
 
+def visible(token: str) -> str:
+    """A token printable on one line: spaces as the open-box sign, newlines and tabs escaped."""
+    return token.replace(" ", "\u2423").replace("\n", "\\n").replace("\t", "\\t") or "''"
+
+
 def format_projection(projection: SenseProjection, top: int = 6) -> str:
     """Plain-text table: one line per sense with the tokens it raises and lowers."""
     lines = [f"senses of {projection.word!r} (token {projection.token_id}):"]
     for l, (up, down) in enumerate(zip(projection.raised, projection.lowered)):
-        fmt = lambda pairs: " ".join(repr(t)[1:-1] or "''" for t, _ in pairs[:top])
+        fmt = lambda pairs: " ".join(visible(t) for t, _ in pairs[:top])
         lines.append(f"  sense {l:2d}  + {fmt(up):<48}  - {fmt(down)}")
     return "\n".join(lines)

@@ -1,0 +1,39 @@
+# Set-up and the two commands of the README. Everything installs into .venv.
+#   make demo    train a tiny Backpack on Shakespeare (CPU, ~4 minutes) and show samples and senses
+#   make test    run the test suite
+#   make bench   run the benchmarks (writes bench/results/*.json)
+# On another machine pick your own torch build, e.g. `make test TORCH_SPEC="torch==2.5.1"`.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+
+.PHONY: demo test bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first (on this machine the CPU wheel lies on disk), then the package with a constraint that keeps that torch,
+# so no dependency can pull another (multi-GB) torch build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/torch-constraint.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/backpack demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	for script in bench/train_throughput.py bench/generation.py bench/train_memory.py; do $(BIN)/python $$script || exit 1; done
+	$(BIN)/python bench/report.py
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info
