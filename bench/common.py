@@ -31,10 +31,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def git_state() -> dict:
+    """HEAD commit and the files under src/ that differ from it (the code measured may be uncommitted)."""
+    import subprocess
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]
+    return dict(git_head=git("rev-parse", "--short", "HEAD"), src_changed_since_head=changed)
+
+
 def machine_info() -> dict:
     import transformers
 
-    return dict(
+    return dict(**git_state(),
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         cpu_model=cpu_model(),
         cpu_count=os.cpu_count(),
@@ -75,6 +89,22 @@ def char_corpus(data_dir: str | Path | None) -> tuple[torch.Tensor, int, str]:
     stoi = {c: i for i, c in enumerate(chars)}
     data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
     return data, len(chars), source
+
+
+def bpe_corpus(data_dir: str | Path | None, vocab_size: int, n_tokens: int = 1_000_000) -> tuple[torch.Tensor, str]:
+    """tinyshakespeare in GPT-2 BPE ids (gpt2_bpe/ and tinyshakespeare/ under data_dir) when both exist, else
+    uniform random ids below vocab_size (seed 0; the worst case for computing senses once per distinct id)."""
+    root = Path(data_dir or DEFAULT_DATA_DIR)
+    text, vocab, merges = root / "tinyshakespeare" / "input.txt", root / "gpt2_bpe" / "encoder.json", root / "gpt2_bpe" / "vocab.bpe"
+    if text.is_file() and vocab.is_file() and merges.is_file():
+        from tokenizers import ByteLevelBPETokenizer
+
+        tokenizer = ByteLevelBPETokenizer.from_file(str(vocab), str(merges))
+        ids = torch.tensor(tokenizer.encode(text.read_text()).ids, dtype=torch.long)
+        if int(ids.max()) < vocab_size:
+            return ids, f"tinyshakespeare, GPT-2 BPE ({root})"
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(vocab_size, (n_tokens,), generator=g), "uniform random token ids (seed 0)"
 
 
 def random_windows(data: torch.Tensor, batch: int, block: int, generator: torch.Generator) -> torch.Tensor:

@@ -41,6 +41,7 @@ class BackpackConfig(GPT2Config):
     sense_intermediate_scale: int = 4
     shrink_sense_inner: bool = False
     scale_attn_by_inverse_layer_idx: bool = True
+    activation_function: str = "gelu_pytorch_tanh"  # = GPT-2's gelu_new (tanh approximation), as one fused kernel
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
 

@@ -132,6 +132,8 @@ def official_config_to_ours(official: dict) -> BackpackConfig:
             f"not an official Backpack config (model_type {model_type!r} and no num_senses field)"
         )
     fields = {k: official[k] for k in GPT2_FIELDS + SENSE_FIELDS if k in official}
+    if fields.get("activation_function") in TANH_GELU_NAMES:
+        fields["activation_function"] = "gelu_pytorch_tanh"  # the same function as gelu_new, one fused kernel
     try:
         config = BackpackConfig(**fields)
     except BackpackError:
@@ -147,6 +149,7 @@ def ours_to_official_config(config: BackpackConfig, dtype: torch.dtype | None = 
     _check_representable(config, "export")
     out = {k: getattr(config, k) for k in GPT2_FIELDS}
     out.update({k: getattr(config, k) for k in SENSE_FIELDS})
+    out["activation_function"] = "gelu_new"  # the official code's name for tanh GELU
     out["model_type"] = OFFICIAL_MODEL_TYPE
     out["architectures"] = [OFFICIAL_ARCHITECTURE]
     if dtype is not None:

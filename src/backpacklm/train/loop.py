@@ -267,8 +267,9 @@ def _train(cfg: TrainConfig, env: distributed.Distributed) -> dict:
                 best = min(best, last_val)
                 record = {**(record or {"step": step, "lr": lr, "train_loss": step_loss,
                                         "elapsed_s": time.time() - start_time}), "val_loss": last_val}
-                bar.write(f"step {step}: train loss {step_loss:.4f}, val loss {last_val:.4f} "
-                          f"(unigram baseline {baseline:.4f})") if env.is_main and cfg.progress else None
+                if env.is_main and cfg.progress:
+                    bar.write(f"step {step}: train loss {step_loss:.4f}, val loss {last_val:.4f} "
+                              f"(unigram baseline {baseline:.4f})")
             if record and env.is_main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
