@@ -64,7 +64,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 3.0, data: str = "s
     steps = steps_for(minutes, out / "data")
     print(f"== 2. train the tiny Backpack for {steps} steps (~{minutes:g} min on this machine)")
     summary = train(TrainConfig(data=str(out / "data"), out=str(out / "run"), max_steps=steps,
-                                max_minutes=minutes * 1.5, **DEMO_TRAINING))
+                                max_minutes=minutes * 1.15, **DEMO_TRAINING))
     gap = summary["unigram_val_loss"] - summary["val_loss"]
     print(f"   validation loss {summary['val_loss']:.3f} nats/char vs {summary['unigram_val_loss']:.3f} for the unigram "
           f"baseline ({gap:.2f} nats better; perplexity {2.71828 ** summary['val_loss']:.2f})")
