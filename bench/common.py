@@ -81,7 +81,7 @@ def char_corpus(data_dir: str | Path | None) -> tuple[torch.Tensor, int, str]:
     else:
         g = torch.Generator().manual_seed(0)
         alphabet = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tinyshakespeare's 65 chars
-        # words of 1..8 letters from a skewed distribution, so the text has some structure to learn
+        # i.i.d. characters from a skewed distribution, so the model has something (unigram statistics) to learn
         probs = torch.linspace(1.0, 0.05, len(alphabet)) ** 2
         ids = torch.multinomial(probs, 1_000_000, replacement=True, generator=g)
         text, source = "".join(alphabet[i] for i in ids.tolist()), "synthetic (deterministic, seed 0)"

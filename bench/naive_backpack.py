@@ -206,4 +206,13 @@ if __name__ == "__main__":
         print(f"L={config.n_layer} d={config.n_embd} k={config.num_senses} T={config.n_positions}: "
               f"max |logit diff| = {diff:.2e}, loss {loss_ours:.6f} vs {loss_naive:.6f}")
         assert diff < 1e-5 and abs(loss_ours - loss_naive) < 1e-5
+        # at init the logits are ~1e-2; add N(0, 0.1^2) to every weight so they are ~10 and check again (relative)
+        with torch.no_grad():
+            for p in ours.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        naive = NaiveBackpack.from_ours(ours)
+        diff = max_logit_diff(ours, naive, x)
+        scale = ours(x, use_cache=False).logits.abs().max().item()
+        print(f"  with perturbed weights: max |logit diff| = {diff:.2e} for logits up to {scale:.1f}")
+        assert diff < 1e-5 * max(1.0, scale)
     print("ok: naive and ours agree")

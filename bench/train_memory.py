@@ -12,8 +12,9 @@ Memory, one fresh subprocess per model (`--worker NAME`):
   are in the step peak. The subprocess runs with MALLOC_MMAP_THRESHOLD_=65536 so glibc serves every tensor with mmap
   and returns it to the OS when freed: RSS then follows live memory. With glibc's default (adaptive) threshold,
   identical runs differed by up to ~400 MiB.
-Time: the same process then takes a second step (other batch); both step times are reported. The first includes
-first-touch page faults; under the fixed mmap threshold every step pays some (within the machine's noise here).
+Time: one more subprocess (default allocator) builds both models and alternates training steps, ours then naive
+then naive then ours (`--time-rounds` rounds), so that load from other processes hits both alike; step times of
+separate processes minutes apart differed by up to 1.5x on this machine. The memory runs' own step times are kept too.
 
 Variants, with --variants (our model, same weights; measured suggestions, not what ships):
     ours_unshifted_loss  loss = CE(logits.flatten(0, 1), labels shifted left and padded with -100): the same value
@@ -76,46 +77,73 @@ def worker(args) -> dict:
 
     model, loss_fn, config = build(args.worker, args.preset)
     data, source = bpe_corpus(args.data, config.vocab_size)
-    batches = [random_windows(data, args.batch, args.block, torch.Generator().manual_seed(s)) for s in (0, 1)]
-    distinct = int(torch.unique(batches[0]).numel())
+    x = random_windows(data, args.batch, args.block, torch.Generator().manual_seed(0))
     del data
+    opt = optimizer_with_state(model)
 
+    baseline, maxrss_before = rss_bytes(), maxrss_bytes()
+    loss, seconds = train_step(model, opt, loss_fn, x)
+    peak = maxrss_bytes()
+    return dict(
+        model=args.worker, data_source=source, distinct_ids_in_batch=int(torch.unique(x).numel()),
+        dropout=dict(resid=config.resid_pdrop, embd=config.embd_pdrop, attn=config.attn_pdrop),
+        params=sum(p.numel() for p in model.parameters()),
+        baseline_rss_mib=baseline / MiB, maxrss_before_step_mib=maxrss_before / MiB,
+        maxrss_after_step_mib=peak / MiB, step_peak_mib=(peak - baseline) / MiB,
+        step_time_s_in_memory_run=seconds, loss=loss,
+    )
+
+
+def optimizer_with_state(model):
+    """AdamW(lr=1e-3, betas=(0.9, 0.99)) with exp_avg / exp_avg_sq already allocated (an lr=0 step on zero grads)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
-    for p in model.parameters():  # allocate exp_avg / exp_avg_sq now, without moving the weights
+    for p in model.parameters():
         p.grad = torch.zeros_like(p)
     opt.param_groups[0]["lr"] = 0.0
     opt.step()
     opt.param_groups[0]["lr"] = 1e-3
     opt.zero_grad(set_to_none=True)
     gc.collect()
+    return opt
 
-    baseline, maxrss_before = rss_bytes(), maxrss_bytes()
-    times, losses, peaks = [], [], []
-    for x in batches:
-        t0 = time.perf_counter()
-        loss = loss_fn(x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        times.append(time.perf_counter() - t0)
-        peaks.append(maxrss_bytes())
-    return dict(
-        model=args.worker, data_source=source, distinct_ids_in_batch=distinct,
-        dropout=dict(resid=config.resid_pdrop, embd=config.embd_pdrop, attn=config.attn_pdrop),
-        params=sum(p.numel() for p in model.parameters()),
-        baseline_rss_mib=baseline / MiB, maxrss_before_step_mib=maxrss_before / MiB,
-        maxrss_after_step_mib=peaks[0] / MiB, step_peak_mib=(peaks[0] - baseline) / MiB,
-        step_times_s=times, losses=losses,
-    )
+
+def train_step(model, opt, loss_fn, x):
+    t0 = time.perf_counter()
+    loss = loss_fn(x)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    value = loss.item()
+    return value, time.perf_counter() - t0
+
+
+def timing_worker(args) -> dict:
+    """Both models in one process, alternating steps (ours, naive, naive, ours, ...) on the same batches."""
+    from common import bpe_corpus, random_windows
+
+    models = {}
+    for name in MODELS:
+        model, loss_fn, config = build(name, args.preset)
+        models[name] = (model, loss_fn, optimizer_with_state(model))
+    data, _ = bpe_corpus(args.data, config.vocab_size)
+    batches = [random_windows(data, args.batch, args.block, torch.Generator().manual_seed(s))
+               for s in range(args.time_rounds)]
+    times = {name: [] for name in MODELS}
+    for r, x in enumerate(batches):
+        for name in (MODELS if r % 2 == 0 else MODELS[::-1]):
+            model, loss_fn, opt = models[name]
+            times[name].append(train_step(model, opt, loss_fn, x)[1])
+    return dict(step_times_s=times)
 
 
 def run_worker(name, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--preset", args.preset,
-           "--batch", str(args.batch), "--block", str(args.block), "--threads", str(args.threads)]
+    cmd = [sys.executable, __file__, "--worker", name, "--preset", args.preset, "--batch", str(args.batch),
+           "--block", str(args.block), "--threads", str(args.threads), "--time-rounds", str(args.time_rounds)]
     cmd += ["--data", args.data] if args.data else []
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    print(f"{name} in a fresh process ...", flush=True)
+    env = dict(os.environ)
+    if name != "time":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    print(f"{'timing ours and naive' if name == 'time' else 'memory: ' + name} in a fresh process ...", flush=True)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -128,37 +156,43 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0 = leave torch's default)")
     p.add_argument("--variants", action="store_true", help="also measure ours_unshifted_loss")
     p.add_argument("--data", default=None, help="directory with tinyshakespeare/ and gpt2_bpe/ (default ../shared/data)")
-    p.add_argument("--worker", choices=MODELS + VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--time-rounds", type=int, default=2, help="training steps per model in the timing process")
+    p.add_argument("--worker", choices=MODELS + VARIANTS + ("time",), help=argparse.SUPPRESS)
     p.add_argument("--out", default="train_memory")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker(args)))
+        print(json.dumps(timing_worker(args) if args.worker == "time" else worker(args)))
         return
 
     from common import print_table, save_result
 
     names = MODELS + (VARIANTS if args.variants else ())
     results = {name: run_worker(name, args) for name in names}
+    timing = run_worker("time", args)["step_times_s"]
+    for name in MODELS:
+        results[name]["step_times_s"] = timing[name]
 
     print()
     rows = []
     for name, r in results.items():
-        t = r["step_times_s"]
+        t = r.get("step_times_s")
         rows.append([name, f"{r['baseline_rss_mib']:.0f}", f"{r['step_peak_mib']:.0f}",
-                     f"{r['step_peak_mib'] / results['ours']['step_peak_mib']:.2f}", f"{t[0]:.1f} / {t[1]:.1f}",
-                     f"{r['losses'][0]:.4f}"])
-    print_table(["model", "RSS after model+AdamW MiB", "step peak MiB", "peak vs ours", "step s (1st / 2nd)", "loss"],
-                rows)
+                     f"{r['step_peak_mib'] / results['ours']['step_peak_mib']:.2f}",
+                     " / ".join(f"{x:.1f}" for x in t) if t else "-", f"{r['step_time_s_in_memory_run']:.1f}",
+                     f"{r['loss']:.4f}"])
+    print_table(["model", "RSS after model+AdamW MiB", "step peak MiB", "peak vs ours", "step s (alternating)",
+                 "step s (memory run)", "loss"], rows)
     ours, naive = results["ours"], results["naive"]
     peak_ratio = naive["step_peak_mib"] / ours["step_peak_mib"]
-    time_ratio = naive["step_times_s"][1] / ours["step_times_s"][1]
-    print(f"\nnaive / ours: step peak memory {peak_ratio:.2f}x, step time {time_ratio:.2f}x (second step)")
+    time_ratio = sum(naive["step_times_s"]) / sum(ours["step_times_s"])
+    print(f"\nnaive / ours: step peak memory {peak_ratio:.2f}x, step time {time_ratio:.2f}x (alternating steps)")
     save_result(args.out, dict(
         claim="peak memory and time of one training step at the micro preset, batch 8 x 512",
         method="peak RSS (resource.getrusage ru_maxrss) minus RSS after building model + AdamW state; fresh "
-               "subprocess per model run with MALLOC_MMAP_THRESHOLD_=65536; step times from the same process",
+               "subprocess per model run with MALLOC_MMAP_THRESHOLD_=65536; step times from one more process "
+               "alternating ours and naive steps (default malloc)",
         preset=args.preset, batch=args.batch, block=args.block, threads=args.threads,
         results=results, naive_over_ours_peak=peak_ratio, naive_over_ours_step_time=time_ratio,
     ))

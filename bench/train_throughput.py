@@ -11,10 +11,12 @@ torch.optim.AdamW(lr=1e-3, betas=(0.9, 0.99)) each. After `--warmup` steps each,
 `--block` steps on the same batches (the order alternates every block), so machine noise hits both alike.
 tokens/s counts every input token (batch * block per step); the time is forward + backward + optimizer step.
 
-Loss curves: with lr 1e-3 the early plateau of char-level training is chaotic: perturbing our own weights by 1e-7
-(relative) makes two runs of OUR model drift apart by ~1e-2 within ~30 steps. So the report gives, besides the max
-|loss_ours - loss_naive| over all steps, (i) the same for ours vs ours-perturbed (the chaos floor), (ii) a short
-float64 run of ours vs naive, where rounding is 1e-16 and the curves agree to ~1e-10 until the chaos takes over.
+Loss curves: char-level training at lr 1e-3 is chaotic. Rounding-level differences stay ~1e-7 for tens of steps,
+then grow ~10x per step to ~1e-2. Two runs of OUR model whose weights differ by 1e-7 (relative) drift apart the same
+way. So besides the max |loss_ours - loss_naive| over all steps (and over the first 10), the results give (i) the
+same for ours vs ours-perturbed on the same batches (the chaos floor; --no-control skips it), (ii) a short float64
+run of ours vs naive (--fp64-steps), where rounding is ~1e-16 and the curves agree to that level until the chaos
+takes over.
 
 FLOPs per training token (MFU = achieved model FLOP/s / this CPU's fp32 matmul peak, measured in the same run as the
 best of 2 n^3 / t over torch.matmul of n = 1024, 1536, 2048). Forward multiply-accumulates per token, with

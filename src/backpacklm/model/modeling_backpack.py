@@ -168,7 +168,8 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
         """input_ids [batch, pos]; attention_mask [batch, past+pos] (1 keep, 0 pad) or additive float
         [batch, 1, pos, past+pos]; labels [batch, pos] (shifted inside; -100 ignored)."""
         config = self.config
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size):
+        checked = input_ids.numel() and not torch.compiler.is_compiling()  # no graph break under torch.compile
+        if checked and (int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size):
             raise BackpackError(
                 f"token id {int(input_ids.max()) if int(input_ids.max()) >= config.vocab_size else int(input_ids.min())} "
                 f"is out of range for a vocabulary of {config.vocab_size}"
@@ -225,7 +226,9 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            # predict token t+1 at position t: shift the labels (not the logits, which would copy [batch, pos, V])
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return BackpackOutput(
             loss=loss,
             logits=logits,
