@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	for script in bench/train_throughput.py bench/generation.py bench/train_memory.py; do $(BIN)/python $$script || exit 1; done
+	for script in bench/naive_backpack.py bench/train_throughput.py bench/generation.py bench/train_memory.py bench/profile_train.py; do $(BIN)/python $$script || exit 1; done
 	$(BIN)/python bench/report.py
 
 clean:

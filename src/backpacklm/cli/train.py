@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -58,7 +59,8 @@ def run(args) -> None:
         min_lr=args.min_lr, warmup_steps=args.warmup_steps, decay=args.decay, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, eval_interval=args.eval_interval, eval_batches=args.eval_batches,
         log_interval=args.log_interval, checkpoint_interval=args.checkpoint_interval, seed=args.seed,
-        device=args.device, dtype=args.dtype, compile=args.compile, resume=args.resume, progress=not args.no_progress,
+        device=args.device, dtype=args.dtype, compile=args.compile, threads=args.threads, resume=args.resume,
+        progress=not args.no_progress,
     )
     summary = train(cfg)
     if summary.get("checkpoint"):

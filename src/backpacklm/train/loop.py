@@ -62,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: bfloat16 autocast on a GPU that supports it, else float32
     compile: bool = False
+    threads: int | None = None  # CPU threads (torch.set_num_threads); 1 avoids OpenMP stalls on a busy small machine
     resume: bool = False
     progress: bool = True
 
@@ -122,6 +123,8 @@ def _autocast(device: str, dtype: str):
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) a run in `cfg.out`; returns the final summary (also written to summary.json)."""
     env = distributed.setup(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     deterministic = torch.are_deterministic_algorithms_enabled()
     if env.device == "cpu":  # bitwise-reproducible runs (and so exact resume); some CPU kernels vary otherwise
         torch.use_deterministic_algorithms(True, warn_only=True)
