@@ -18,7 +18,7 @@ from .train.loop import TrainConfig, model_config, train
 
 PROMPTS = ["Ham.\n", "KING.\nMy lord, ", "O, "]
 SENSE_TOKENS = ["e", "?", "\n"]
-DEMO_TRAINING = dict(preset="tiny", batch_size=16, block_size=128, lr=2e-3, warmup_steps=50, eval_interval=200,
+DEMO_TRAINING = dict(preset="tiny", batch_size=8, block_size=256, lr=2e-3, warmup_steps=50, eval_interval=200,
                      eval_batches=20, log_interval=10)
 
 
@@ -73,7 +73,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 3.0, data: str = "s
     print("== 3. samples (temperature 0.8, top-k 40)")
     samples = []
     for i, prompt in enumerate(PROMPTS):
-        text = sample_text(model, tokenizer, prompt, max_new_tokens=240, temperature=0.8, top_k=40, seed=i)[0]
+        text = sample_text(model, tokenizer, prompt, max_new_tokens=220, temperature=0.8, top_k=40, seed=i)[0]
         samples.append(text)
         print(f"--- sample {i + 1} (prompt {prompt!r}) ---\n{text}\n")
     (out / "samples.txt").write_text("\n\n".join(samples))
