@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,19 +37,3 @@ def perplexity(model, tokens: np.ndarray, block_size: int | None = None, batch_s
     loss = mean_loss(model, tokens, block_size, batch_size, max_batches, device)
     windows = min(len(tokens) // block_size, (max_batches or 10**12) * batch_size)
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": windows * (block_size - 1), "block_size": block_size}
-
-
-def read_text(path: str | Path) -> str:
-    """A UTF-8 text file; a missing, empty or non-UTF-8 file is a one-line error."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BackpackError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise BackpackError(f"{path} is a directory, not a text file") from None
-    except UnicodeDecodeError as err:
-        raise BackpackError(f"{path} is not UTF-8 text (byte {err.start})") from None
-    if not text.strip():
-        raise BackpackError(f"{path} is empty")
-    return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -25,7 +26,8 @@ def run(args) -> None:
     from ..data.dataset import TokenData
     from ..data.tokenizers import encode_strict
     from ..errors import BackpackError
-    from ..evaluation import perplexity, read_text
+    from ..data.prepare import read_document
+    from ..evaluation import perplexity
     from ..model.loading import load_model
 
     model, tokenizer = load_model(args.model)
@@ -34,7 +36,7 @@ def run(args) -> None:
     else:
         if tokenizer is None:
             raise BackpackError("the model directory has no tokenizer to read --text with")
-        tokens = np.array(encode_strict(tokenizer, read_text(args.text)), dtype=np.int64)
+        tokens = np.array(encode_strict(tokenizer, read_document(Path(args.text))), dtype=np.int64)
     if len(tokens) and int(tokens.max()) >= model.config.vocab_size:
         raise BackpackError(f"token id {int(tokens.max())} is out of range for the model's vocabulary")
     block = min(args.block_size or model.config.n_positions, len(tokens) - 1) if len(tokens) > 1 else 1
