@@ -147,6 +147,8 @@ def _train(cfg: TrainConfig, env: distributed.Distributed) -> dict:
         for param in model.parameters():  # fresh (aligned) storage, as in the uninterrupted run
             param.data = param.data.clone()
         state, extra, optimizer_state = load_training_state(checkpoint)
+        if not {"rng.data", "rng.torch.0"} <= extra.keys() or "step" not in state:
+            raise BackpackError(f"--resume: the training state in {checkpoint} is incomplete")
         for key in ("vocab_size", "n_train_tokens"):
             if state["data_meta"].get(key) != data.meta.get(key):
                 raise BackpackError(f"--resume: {checkpoint} was trained on other data ({key} differs)")
