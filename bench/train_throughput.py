@@ -38,9 +38,7 @@ Run:  .venv/bin/python bench/train_throughput.py [--steps-a 200 --steps-b 40 --t
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
-import sys
 import time
 
 import torch

@@ -4,7 +4,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import backpacklm
 from backpacklm.model.transformer import build_model, transformer_config
 from backpacklm import BackpackConfig, BackpackError, BackpackForCausalLM
 

@@ -12,7 +12,6 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2Model
 
-import backpacklm
 from backpacklm import BackpackConfig, BackpackError, BackpackForCausalLM
 from backpacklm.cli import main as cli_main
 from backpacklm.model.official import (

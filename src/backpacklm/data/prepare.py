@@ -13,7 +13,6 @@ import glob
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from ..atomic import replacing
 from ..errors import BackpackError
 from .shakespeare import fetch_shakespeare
 from .tokenizers import (
@@ -58,7 +58,8 @@ def prepare_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     counts = {"train": 0, "val": 0}
-    with _atomic_open(out_dir / "train.bin") as train_file, _atomic_open(out_dir / "val.bin") as val_file:
+    with replacing(out_dir / "train.bin") as train_tmp, replacing(out_dir / "val.bin") as val_tmp, \
+            open(train_tmp, "wb") as train_file, open(val_tmp, "wb") as val_file:
         with tqdm(total=len(paths), unit="file", desc="tokenizing", disable=len(paths) < 10) as progress:
             for batch in _batches(paths):
                 for ids in _encode(tok, batch):
@@ -86,8 +87,8 @@ def prepare_corpus(
         "sources": [str(p) for p in paths],
         "val_fraction": val_fraction,
     }
-    with _atomic_open(out_dir / "meta.json") as f:
-        f.write((json.dumps(meta, indent=2) + "\n").encode())
+    with replacing(out_dir / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
 
 
@@ -174,18 +175,6 @@ def _encode(tok: PreTrainedTokenizerFast, batch: list[tuple[Path, str]]) -> list
         except BackpackError as err:
             raise BackpackError(f"{path}: {err}") from None
     return out
-
-
-@contextmanager
-def _atomic_open(path: Path):
-    """A binary file that replaces `path` only when the block ends without error."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _save_tokenizer(tok: PreTrainedTokenizerFast, folder: Path) -> None:

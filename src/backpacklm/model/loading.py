@@ -27,7 +27,6 @@ def resolve_model_dir(path: str | Path) -> Path:
 def load_model(path: str | Path, device: str = "cpu", **kwargs):
     """(model, tokenizer or None) in eval mode. Missing, unexpected or mis-shaped weights are an error, never
     silently re-initialized."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     model_dir = resolve_model_dir(path)

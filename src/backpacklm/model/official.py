@@ -22,13 +22,12 @@ ignored. Anything else missing, unexpected or mis-shaped is a BackpackError nami
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import replacing
 from ..errors import BackpackError
 from .config import BackpackConfig
 from .modeling_backpack import BackpackForCausalLM
@@ -302,18 +301,6 @@ def load_official(directory: str | Path) -> BackpackForCausalLM:
     return model.eval()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename over `path`, so readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_official(model: BackpackForCausalLM, directory: str | Path, fmt: str = "safetensors") -> list[Path]:
     """Write `model` in the official layout: config.json and model.safetensors (fmt="safetensors") or
     pytorch_model.bin (fmt="bin"), the weights including the tied aliases. Returns the paths written."""
@@ -334,11 +321,14 @@ def export_official(model: BackpackForCausalLM, directory: str | Path, fmt: str 
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        _atomic_write(weights_path, lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
+        with replacing(weights_path) as tmp:
+            save_file(sd, tmp, metadata={"format": "pt"})
     else:
-        _atomic_write(weights_path, lambda tmp: torch.save(sd, tmp))
+        with replacing(weights_path) as tmp:
+            torch.save(sd, tmp)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(config_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    with replacing(config_path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return [config_path, weights_path]
 
 
