@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..data.tokenizers import encode_strict
 from ..errors import BackpackError
+from .words import word_ids
 
 
 @dataclass
@@ -27,16 +27,6 @@ class SenseProjection:
         return asdict(self)
 
 
-def word_token_ids(tokenizer, word: str) -> list[int]:
-    """Ids of a word: with a leading space when that makes it a single token (GPT-2 style), else as written."""
-    if not word:
-        raise BackpackError("empty word")
-    spaced = tokenizer.encode(" " + word, add_special_tokens=False) if not word.startswith(" ") else None
-    if spaced is not None and len(spaced) == 1 and tokenizer.decode(spaced) == " " + word:
-        return spaced
-    return encode_strict(tokenizer, word)
-
-
 def _require_backpack(model) -> None:
     if getattr(model.config, "model_type", None) != "backpack":
         raise BackpackError(f"sense analysis needs a Backpack model, not {model.config.model_type!r}")
@@ -46,7 +36,7 @@ def _require_backpack(model) -> None:
 def sense_projection(model, tokenizer, word: str, top: int = 10) -> SenseProjection:
     """Per sense l of the word's (first) token x: top tokens of C_l(x) E^T, highest and lowest."""
     _require_backpack(model)
-    ids = word_token_ids(tokenizer, word)
+    ids = word_ids(tokenizer, word)
     token_id = ids[0]
     if token_id >= model.config.vocab_size:
         raise BackpackError(f"token id {token_id} of {word!r} is outside the model's vocabulary")

@@ -1,0 +1,69 @@
+"""Words to token ids, and per-word vectors from per-token rows.
+
+A word is looked up GPT-2 style, with a leading space (" doctor"), when the tokenizer is space-aware: it attaches
+the space to the word's first token instead of emitting a lone space token. Char-level tokenizers are not, so there
+the word is encoded as written. A word of several tokens is summarized by the mean of its tokens' rows ("average",
+the default) or by its first token's row ("first").
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..data.tokenizers import encode_strict, is_char_tokenizer
+from ..errors import BackpackError
+
+HOW = ("average", "first")
+
+
+def is_space_aware(tokenizer) -> bool:
+    """True when " a" encodes to one token that carries the space (GPT-2 style byte-level BPE), not to " " + "a"."""
+    if is_char_tokenizer(tokenizer):
+        return False
+    ids = tokenizer.encode(" a", add_special_tokens=False)
+    return len(ids) == 1 and tokenizer.decode(ids) == " a"
+
+
+def word_ids(tokenizer, word: str, leading_space: bool = True, vocab_size: int | None = None) -> list[int]:
+    """Token ids of `word`, with a leading space where the tokenizer is space-aware (and `leading_space`).
+
+    BackpackError for an empty word, a character the tokenizer lacks, an unknown-token id, or an id at or past
+    `vocab_size` (the model's rows), so a word outside the vocabulary never silently maps to something else.
+    """
+    word = word.strip()
+    if not word:
+        raise BackpackError("empty word")
+    text = " " + word if leading_space and is_space_aware(tokenizer) else word
+    try:
+        ids = encode_strict(tokenizer, text)
+    except BackpackError as err:
+        raise BackpackError(f"word {word!r} is not in the vocabulary ({err})") from None
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if not ids or (unk is not None and unk in ids):
+        raise BackpackError(f"word {word!r} is not in the vocabulary")
+    if vocab_size is not None and max(ids) >= vocab_size:
+        raise BackpackError(f"word {word!r} has token id {max(ids)}, outside the model's vocabulary of {vocab_size}")
+    return ids
+
+
+def single_token_id(tokenizer, word: str, leading_space: bool = True, vocab_size: int | None = None) -> int | None:
+    """The word's id if it is exactly one token, else None (errors as `word_ids`)."""
+    ids = word_ids(tokenizer, word, leading_space, vocab_size)
+    return ids[0] if len(ids) == 1 else None
+
+
+def word_vectors(rows: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], ids: Sequence[int],
+                 how: str = "average") -> torch.Tensor:
+    """One word's vector from its tokens' rows: rows [V, ...] indexed by ids (or a function ids [n] -> [n, ...]),
+    then the mean over the n tokens ("average") or the first token's row ("first"). Returns [...]."""
+    if how not in HOW:
+        raise BackpackError(f"multi-token words: choose 'average' or 'first', not {how!r}")
+    ids = list(ids)[:1] if how == "first" else list(ids)
+    index = torch.tensor(ids, dtype=torch.long)
+    if callable(rows):
+        picked = rows(index)
+    else:
+        picked = rows[index.to(rows.device)]
+    return picked.mean(dim=0)
