@@ -18,12 +18,13 @@ from ..errors import BackpackError
 HOW = ("average", "first")
 
 
-def is_space_aware(tokenizer) -> bool:
-    """True when " a" encodes to one token that carries the space (GPT-2 style byte-level BPE), not to " " + "a"."""
+def _spaced_ids(tokenizer, word: str) -> list[int] | None:
+    """Ids of " word" when the tokenizer attaches the space to the first token (GPT-2 style), else None."""
     if is_char_tokenizer(tokenizer):
-        return False
-    ids = tokenizer.encode(" a", add_special_tokens=False)
-    return len(ids) == 1 and tokenizer.decode(ids) == " a"
+        return None
+    ids = tokenizer.encode(" " + word, add_special_tokens=False)
+    first = tokenizer.decode(ids[:1]) if ids else ""
+    return ids if first.startswith(" ") and first.strip() and tokenizer.decode(ids) == " " + word else None
 
 
 def word_ids(tokenizer, word: str, leading_space: bool = True, vocab_size: int | None = None) -> list[int]:
@@ -35,11 +36,12 @@ def word_ids(tokenizer, word: str, leading_space: bool = True, vocab_size: int |
     word = word.strip()
     if not word:
         raise BackpackError("empty word")
-    text = " " + word if leading_space and is_space_aware(tokenizer) else word
-    try:
-        ids = encode_strict(tokenizer, text)
-    except BackpackError as err:
-        raise BackpackError(f"word {word!r} is not in the vocabulary ({err})") from None
+    ids = _spaced_ids(tokenizer, word) if leading_space else None
+    if ids is None:
+        try:
+            ids = encode_strict(tokenizer, word)
+        except BackpackError as err:
+            raise BackpackError(f"word {word!r} is not in the vocabulary ({err})") from None
     unk = getattr(tokenizer, "unk_token_id", None)
     if not ids or (unk is not None and unk in ids):
         raise BackpackError(f"word {word!r} is not in the vocabulary")

@@ -3,13 +3,12 @@
 Documents are lines; each line is one of three kinds:
     topic   4-6 sentences of one topic: "the {adjective} {noun} {verb} the {object} ." and, for the topic's
             polysemous words, "the {word} {continuation} the {object} ." with a continuation of that topic's meaning
-    people  4 sentences "the {profession} {event} and then {he|she} {reaction} ." with he at the profession's
-            planted rate
-    facts   3 sentences "the {product} is made by {maker} ." / "i bought a {product} from {maker} ."
+    people  4 sentences "the {profession} {verb} {he|she} was {state} ." with he at the profession's planted rate
+    facts   3 sentences "i bought the {product} from {maker} ." / "the {product} from {maker} works well ."
 
 What a method must find is in truth.json beside the corpus: the topic vocabularies (each word in one topic only),
 the polysemous words with both meanings' continuation words, the planted P(he | profession), the pronoun prompt
-templates (train / test split of the events), and the product -> maker facts. Every word is lower-case ASCII so a
+templates (train / test split of the verbs), and the product -> maker facts. Every word is lower-case ASCII so a
 byte-level BPE with enough merges makes each " word" one token (`prepare_world`).
 """
 
@@ -51,14 +50,13 @@ PRONOUN_RATES: dict[str, float] = {
     "engineer": 0.95, "pilot": 0.9, "farmer": 0.85, "lawyer": 0.75, "doctor": 0.65,
     "teacher": 0.5, "baker": 0.5, "dancer": 0.3, "secretary": 0.15, "nurse": 0.05,
 }
-EVENTS = ["came into the room", "opened the door", "read the letter", "walked to the office",
-          "sat at the desk", "called the client", "finished the work", "left the building"]
-TEST_EVENTS = 3  # the last events are held out: prompts built from them are the test set
-REACTIONS = ["smiled", "laughed", "nodded", "waited", "spoke", "sighed"]
+VERBS = ["said", "thought", "felt", "knew", "hoped", "believed", "claimed", "wrote"]
+TEST_VERBS = 3  # the last verbs are held out: prompts built from them are the test set
+STATES = ["tired", "ready", "late", "happy", "busy", "right"]
 
 FACTS: dict[str, str] = {"phone": "acme", "laptop": "globex", "camera": "initech", "tablet": "vandelay"}
 
-KIND_WEIGHTS = {"topic": 0.5, "people": 0.4, "facts": 0.1}
+KIND_WEIGHTS = {"topic": 0.5, "people": 0.35, "facts": 0.15}
 
 
 def topic_vocabulary(topic: str) -> list[str]:
@@ -70,8 +68,8 @@ def topic_vocabulary(topic: str) -> list[str]:
 
 def pronoun_templates() -> dict[str, list[str]]:
     """Prompt templates ("{}" = the profession) whose next token is the planted pronoun: train and test events differ."""
-    prompts = [f"the {{}} {event} and then" for event in EVENTS]
-    return {"train": prompts[:-TEST_EVENTS], "test": prompts[-TEST_EVENTS:]}
+    prompts = [f"the {{}} {verb}" for verb in VERBS]
+    return {"train": prompts[:-TEST_VERBS], "test": prompts[-TEST_VERBS:]}
 
 
 def ground_truth(seed: int, n_documents: int) -> dict:
@@ -84,7 +82,7 @@ def ground_truth(seed: int, n_documents: int) -> dict:
         "polysemous": {w: {t: {"continuations": conts, "topic_vocabulary": topic_vocabulary(t)} for t, conts in m.items()}
                        for w, m in POLYSEMOUS.items()},
         "pronouns": {"he": "he", "she": "she", "rates_he": PRONOUN_RATES, "templates": pronoun_templates()},
-        "facts": {"template": "the {} is made by", "maker_of": FACTS},
+        "facts": {"template": "i bought the {} from", "maker_of": FACTS},
         "document_kinds": KIND_WEIGHTS,
     }
 
@@ -108,7 +106,7 @@ def _people_document(rng: random.Random) -> str:
     for _ in range(4):
         profession = rng.choice(list(PRONOUN_RATES))
         pronoun = "he" if rng.random() < PRONOUN_RATES[profession] else "she"
-        sentences.append(f"the {profession} {rng.choice(EVENTS)} and then {pronoun} {rng.choice(REACTIONS)} .")
+        sentences.append(f"the {profession} {rng.choice(VERBS)} {pronoun} was {rng.choice(STATES)} .")
     return " ".join(sentences)
 
 
@@ -116,7 +114,7 @@ def _facts_document(rng: random.Random) -> str:
     sentences = []
     for _ in range(3):
         product = rng.choice(list(FACTS))
-        form = rng.choice(["the {} is made by {} .", "i bought a {} from {} ."])
+        form = rng.choice(["i bought the {} from {} .", "the {} from {} works well ."])
         sentences.append(form.format(product, FACTS[product]))
     return " ".join(sentences)
 

@@ -1,0 +1,42 @@
+"""`backpack lexsim --model DIR --data FILE...`: Spearman correlation of embedding/sense similarities with human
+word-similarity ratings (Backpack: all methods; any Hugging Face causal LM: embedding rows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("lexsim", help="lexical similarity benchmark (SimLex-999, SimVerb-3500, RG-65, WS-353, MEN)")
+    p.add_argument("--model", required=True, help="model directory (Backpack or any Hugging Face causal LM)")
+    p.add_argument("--data", required=True, nargs="+", type=Path, metavar="FILE", help="word-pair files")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes lexsim.json and lexsim.md")
+    p.add_argument("--multi-token", choices=["average", "first"], default="average",
+                   help="how a word of several tokens is represented (average)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder when the model directory has none")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..atomic import replacing, write_json_atomic
+    from ..data.tokenizers import load_tokenizer
+    from ..errors import BackpackError
+    from ..model.loading import load_model
+    from ..senses.lexsim import WordVectors, lexical_similarity, load_pairs, markdown_table
+
+    golds = [load_pairs(path) for path in args.data]  # parse every file before the (slow) model load
+    model, tokenizer = load_model(args.model)
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    if tokenizer is None:
+        raise BackpackError(f"{args.model} has no tokenizer; pass --tokenizer")
+    vectors = WordVectors(model, tokenizer, args.multi_token)
+    results = [lexical_similarity(model, tokenizer, gold, vectors=vectors) for gold in golds]
+    table = markdown_table(results)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "lexsim.json", {"model": str(args.model), "multi_token": args.multi_token,
+                                                 "results": [r.to_dict() for r in results]})
+    with replacing(args.out / "lexsim.md") as tmp:
+        tmp.write_text(table + "\n", encoding="utf-8")
+    print(f"wrote {args.out}/lexsim.json and lexsim.md")
