@@ -19,8 +19,9 @@ def register(subparsers) -> None:
     prepare.add_argument(
         "--tokenizer",
         default="char",
-        metavar="char|bpe|gpt2|PATH",
-        help="char (default), bpe (trained on the sources), gpt2, or a tokenizer folder",
+        metavar="char|bpe|word|gpt2|PATH",
+        help="char (default), bpe (trained on the sources), word (one id per word of the sources), gpt2, "
+        "or a tokenizer folder",
     )
     prepare.add_argument("--vocab-size", type=int, default=8192, metavar="N", help="vocabulary size for bpe (8192)")
     prepare.add_argument(

@@ -11,7 +11,7 @@ def register(subparsers) -> None:
     senses = kinds.add_parser(
         "senses", help="topics, polysemous words, planted pronoun rates and facts (for the sense methods)",
         description="Write DIR/world.txt (one document per line) and DIR/truth.json; with --prepare, also tokenize "
-                    "it into DIR/data (every world word one BPE token), ready for `backpack train --data DIR/data`.",
+                    "it into DIR/data (word-level: every world word one token), ready for `backpack train --data DIR/data`.",
     )
     senses.add_argument("--out", required=True, type=Path, metavar="DIR")
     senses.add_argument("--seed", type=int, default=0)

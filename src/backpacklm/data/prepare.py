@@ -25,6 +25,7 @@ from ..errors import BackpackError
 from .shakespeare import fetch_shakespeare
 from .tokenizers import (
     build_char_tokenizer,
+    build_word_tokenizer,
     encode_ordinary,
     is_char_tokenizer,
     load_tokenizer,
@@ -47,6 +48,7 @@ def prepare_corpus(
     sources: files, folders (every *.txt below, sorted), glob patterns, or a built-in name ("shakespeare");
         each file is one UTF-8 document.
     tokenizer: "char" (the corpus's characters), "bpe" (byte-level BPE of `vocab_size` ids trained on the corpus),
+        "word" (one id per distinct GPT-2-style word piece of the corpus, for small synthetic vocabularies),
         or anything `load_tokenizer` takes ("gpt2", a tokenizer folder).
     """
     if not 0 <= val_fraction < 1:
@@ -74,7 +76,7 @@ def prepare_corpus(
     if is_char_tokenizer(tok):
         kind = "char"
     else:
-        kind = tokenizer if tokenizer in ("bpe", "gpt2") else "pretrained"
+        kind = tokenizer if tokenizer in ("bpe", "word", "gpt2") else "pretrained"
     meta = {
         "vocab_size": len(tok),
         "dtype": np.dtype(dtype).name,
@@ -148,6 +150,8 @@ def _make_tokenizer(spec: str, paths: list[Path], vocab_size: int) -> PreTrained
         return build_char_tokenizer("".join(chars))
     if spec == "bpe":
         return train_bpe_tokenizer(_documents(paths), vocab_size)
+    if spec == "word":
+        return build_word_tokenizer(_documents(paths))
     return load_tokenizer(spec)
 
 

@@ -55,6 +55,26 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
     return _wrap(backend)
 
 
+UNK = "<|unk|>"
+
+
+def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """One id per distinct word piece of `texts` (GPT-2 style pieces: " word", "word", " ."), sorted, after
+    `<|endoftext|>` (id 0) and `<|unk|>` (id 1), which unknown pieces encode to.
+
+    Space-aware like GPT-2's BPE (the space belongs to the following word) and tiny for small vocabularies, so
+    a small model's softmax costs little (used for the synthetic worlds).
+    """
+    pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    pieces = {piece for text in texts for piece, _ in pre_tokenizer.pre_tokenize_str(text)}
+    vocab = {EOT: 0, UNK: 1} | {piece: i + 2 for i, piece in enumerate(sorted(pieces))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([EOT, UNK])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOT, bos_token=EOT, unk_token=UNK)
+
+
 def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerFast:
     """Load a tokenizer from a folder or by name.
 

@@ -8,8 +8,8 @@ Documents are lines; each line is one of three kinds:
 
 What a method must find is in truth.json beside the corpus: the topic vocabularies (each word in one topic only),
 the polysemous words with both meanings' continuation words, the planted P(he | profession), the pronoun prompt
-templates (train / test split of the verbs), and the product -> maker facts. Every word is lower-case ASCII so a
-byte-level BPE with enough merges makes each " word" one token (`prepare_world`).
+templates (train / test split of the verbs), and the product -> maker facts. `prepare_world` tokenizes it with a
+word-level tokenizer, so every " word" is one token.
 """
 
 from __future__ import annotations
@@ -164,13 +164,13 @@ def load_truth(world_dir: str | Path) -> dict:
 
 
 def prepare_world(world_dir: str | Path, data_dir: str | Path) -> dict:
-    """Tokenize the world with a byte-level BPE trained on it until no pair is left to merge, so every " word" is
-    one token (checked); returns prepare_corpus's meta dict."""
+    """Tokenize the world with a word-level tokenizer (GPT-2 style " word" pieces), so every world word is one
+    token (checked) and the vocabulary stays small; returns prepare_corpus's meta dict."""
     from ..data.prepare import prepare_corpus
     from ..data.tokenizers import load_tokenizer
     from ..senses.words import single_token_id
 
-    meta = prepare_corpus([str(Path(world_dir) / "world.txt")], data_dir, tokenizer="bpe", vocab_size=4096)
+    meta = prepare_corpus([str(Path(world_dir) / "world.txt")], data_dir, tokenizer="word")
     tokenizer = load_tokenizer(Path(data_dir) / "tokenizer")
     split = [w for w in world_words(load_truth(world_dir)) if single_token_id(tokenizer, w) is None]
     if split:
