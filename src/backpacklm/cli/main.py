@@ -12,7 +12,7 @@ import sys
 
 from ..errors import BackpackError
 
-COMMAND_MODULES = ["data", "train", "sample", "evaluate", "senses", "lexsim", "world", "convert", "demo", "steer"]
+COMMAND_MODULES = ["data", "train", "sample", "evaluate", "senses", "lexsim", "debias", "edit", "world", "convert", "demo", "steer"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,8 @@ def register(subparsers) -> None:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--edit", default=None, metavar="FILE",
+                   help="apply the sense edits of this file (see `backpack edit`; a model directory means its edits.json)")
     p.set_defaults(func=run)
 
 
@@ -23,8 +25,13 @@ def run(args) -> None:
     from ..sampling import sample_text
 
     model, tokenizer = load_model(args.model, device=args.device)
+    extra = {}
+    if args.edit:
+        from ..senses.edit import edit_overrides, load_edits
+
+        extra["sense_overrides"] = edit_overrides(model, tokenizer, load_edits(args.edit))
     texts = sample_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                        args.top_p, args.seed, args.num_samples, args.greedy)
+                        args.top_p, args.seed, args.num_samples, args.greedy, **extra)
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1} ---")

@@ -1,0 +1,55 @@
+"""`backpack debias --model DIR [DIR...] --out DIR`: gender bias of professions, and how much each method removes
+(Backpack: Remove-Sense, Optimize-Sense; other models: Project-Nullspace, Optimize-Nullspace)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("debias", help="gender debiasing through a sense, with Transformer baselines")
+    p.add_argument("--model", required=True, nargs="+", help="model directories (Backpacks and/or Transformers "
+                   "sharing one tokenizer)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes debias.json and debias.md")
+    p.add_argument("--professions", type=Path, default=None, metavar="FILE",
+                   help="one profession per line (default: the WinoBias occupations that are one token)")
+    p.add_argument("--train-templates", type=Path, default=None, metavar="FILE",
+                   help="prompt templates to fit scales on, one per line, '{}' = the profession")
+    p.add_argument("--test-templates", type=Path, default=None, metavar="FILE", help="prompt templates to evaluate on")
+    p.add_argument("--world", type=Path, default=None, metavar="DIR",
+                   help="take professions and templates from a synthetic world's truth.json")
+    p.add_argument("--sense", type=int, default=None, help="the gender sense (default: detected)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..atomic import replacing, write_json_atomic
+    from ..errors import BackpackError
+    from ..model.loading import load_model
+    from ..senses.debias import DEFAULT_TEMPLATES, debias, read_lines
+
+    professions, templates = None, dict(DEFAULT_TEMPLATES)
+    if args.world:
+        from ..worlds.senses import load_truth
+
+        truth = load_truth(args.world)
+        professions, templates = list(truth["pronouns"]["rates_he"]), truth["pronouns"]["templates"]
+    if args.professions:
+        professions = read_lines(args.professions, "professions")
+    if args.train_templates:
+        templates["train"] = read_lines(args.train_templates, "templates")
+    if args.test_templates:
+        templates["test"] = read_lines(args.test_templates, "templates")
+    loaded = [load_model(path) for path in args.model]
+    tokenizer = next((tok for _, tok in loaded if tok is not None), None)
+    if tokenizer is None:
+        raise BackpackError("none of the model directories has a tokenizer")
+    report = debias([m for m, _ in loaded], tokenizer, professions, templates, args.sense)
+    table = report.markdown()
+    print(f"gender sense: {report.sense}\n{table}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "debias.json", {"models": [str(m) for m in args.model], **report.to_dict()})
+    with replacing(args.out / "debias.md") as tmp:
+        tmp.write_text(table + "\n", encoding="utf-8")
+    print(f"wrote {args.out}/debias.json and debias.md")
