@@ -30,7 +30,7 @@ def tiny_backpack(vocab_size: int, seed: int = 0) -> BackpackForCausalLM:
 def tiny_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=0,
-                        eos_token_id=0)
+                        eos_token_id=0, initializer_range=0.2)  # wide weights: logits that react to the cache
     return GPT2LMHeadModel(config).eval()
 
 

@@ -89,6 +89,17 @@ def test_annealing_formula():
     torch.testing.assert_close(anneal_activation(senses, emb), brute)
 
 
+def test_multipliers_scale_senses_before_mixing(setup):
+    """The model's sense_multipliers implement o_i = sum_l sum_j alpha_l[i, j] delta'[j, l] C_l(x_j)."""
+    model, tokenizer, _, _ = setup
+    ids = torch.tensor([tokenizer.encode("the king loves the crown")])
+    plain = model(ids, output_senses=True, output_contextualization=True)
+    multipliers = torch.rand(1, ids.shape[1], model.config.num_senses, generator=torch.Generator().manual_seed(0)) * 3
+    mixed = torch.einsum("blij,bjl,bjld->bid", plain.contextualization, multipliers, plain.senses)
+    expected = mixed @ model.get_input_embeddings().weight.T
+    torch.testing.assert_close(model(ids, sense_multipliers=multipliers).logits, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("greedy", [True, False])
 def test_cached_generation_equals_uncached(setup, greedy):
     model, tokenizer, _, _ = setup
