@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +28,18 @@ class WorldModels:
 def train_world_models(root: Path, documents: int = WORLD_DOCUMENTS, seed: int = 0) -> WorldModels:
     from backpacklm.model.loading import load_model
     from backpacklm.train.loop import TrainConfig, train
-    from backpacklm.worlds.senses import generate_world, prepare_world
+    from backpacklm.worlds.senses import generate_world, load_truth, prepare_world
 
     corpus_dir = root / "world"
-    truth = generate_world(corpus_dir, seed=seed, n_documents=documents)
-    prepare_world(corpus_dir, corpus_dir / "data")
+    if not (corpus_dir / "data" / "meta.json").is_file():
+        generate_world(corpus_dir, seed=seed, n_documents=documents)
+        prepare_world(corpus_dir, corpus_dir / "data")
+    truth = load_truth(corpus_dir)
     models = {}
     for arch in ("backpack", "transformer"):
+        if (root / arch / "latest.json").is_file():  # a kept root (BACKPACKLM_TEST_WORLD): trained already
+            models[arch], tokenizer = load_model(root / arch)
+            continue
         cfg = TrainConfig(data=str(corpus_dir / "data"), out=str(root / arch), preset="tiny", arch=arch,
                           model_overrides=MODEL, eval_interval=10**6, eval_batches=2, threads=1, progress=False,
                           seed=seed, **TRAIN)
@@ -45,4 +51,9 @@ def train_world_models(root: Path, documents: int = WORLD_DOCUMENTS, seed: int =
 
 @pytest.fixture(scope="session")
 def world_models(tmp_path_factory) -> WorldModels:
-    return train_world_models(tmp_path_factory.mktemp("sense_world"))
+    """Trained in a fresh temporary folder; set BACKPACKLM_TEST_WORLD=DIR to keep the models in DIR and reuse them
+    in later sessions (for development: delete DIR after changing the world or the sizes above)."""
+    kept = os.environ.get("BACKPACKLM_TEST_WORLD")
+    root = Path(kept) if kept else tmp_path_factory.mktemp("sense_world")
+    root.mkdir(parents=True, exist_ok=True)
+    return train_world_models(root)

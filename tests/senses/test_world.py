@@ -45,7 +45,7 @@ def test_prepared_world_has_one_token_per_word(tmp_path):
 
 
 def test_cli_world(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "world", "senses", "--out", tmp_path / "w", "--documents", "200", "--prepare")
+    code, out, err = run_cli(capsys, "world", "senses", "--out", tmp_path / "w", "--documents", "600", "--prepare")
     assert code == 0, err
     assert (tmp_path / "w" / "truth.json").is_file() and (tmp_path / "w" / "data" / "train.bin").is_file()
     code, out, err = run_cli(capsys, "world", "senses", "--out", tmp_path / "x", "--documents", "3")

@@ -156,7 +156,7 @@ def _fit_scale(objective) -> float:
     from scipy.optimize import minimize
 
     fit = minimize(lambda x: objective(float(x[0])) + abs(1 - float(x[0])), x0=[1.0], method="Nelder-Mead",
-                   options=dict(xatol=1e-3, fatol=1e-4, maxiter=60, initial_simplex=[[1.0], [0.5]]))
+                   options=dict(xatol=1e-2, fatol=1e-3, maxiter=40, initial_simplex=[[1.0], [0.5]]))
     return float(fit.x[0])
 
 

@@ -172,7 +172,12 @@ def prepare_world(world_dir: str | Path, data_dir: str | Path) -> dict:
 
     meta = prepare_corpus([str(Path(world_dir) / "world.txt")], data_dir, tokenizer="word")
     tokenizer = load_tokenizer(Path(data_dir) / "tokenizer")
-    split = [w for w in world_words(load_truth(world_dir)) if single_token_id(tokenizer, w) is None]
-    if split:
-        raise BackpackError(f"world words split into several tokens: {', '.join(split[:5])}")
+    missing = []
+    for word in world_words(load_truth(world_dir)):
+        try:
+            single_token_id(tokenizer, word)
+        except BackpackError:
+            missing.append(word)
+    if missing:
+        raise BackpackError(f"the world is too small: {', '.join(missing[:5])} never occur(s); generate more documents")
     return meta
