@@ -43,11 +43,11 @@ def world_pairs(truth: dict) -> WordPairs:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--documents", type=int, default=8000)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--n-embd", type=int, default=128)
-    parser.add_argument("--n-layer", type=int, default=3)
-    parser.add_argument("--num-senses", type=int, default=8)
+    parser.add_argument("--documents", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=900)
+    parser.add_argument("--n-embd", type=int, default=96)
+    parser.add_argument("--n-layer", type=int, default=2)
+    parser.add_argument("--num-senses", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="senses_world")
@@ -62,8 +62,8 @@ def main() -> None:
     for arch in ("backpack", "transformer"):
         start = time.time()
         summary = train(TrainConfig(data=str(root / "world" / "data"), out=str(root / arch), arch=arch,
-                                    model_overrides=sizes, max_steps=args.steps, batch_size=32, block_size=64,
-                                    lr=3e-3, warmup_steps=50, eval_interval=10**6, eval_batches=10,
+                                    model_overrides=sizes, max_steps=args.steps, batch_size=32, block_size=32,
+                                    lr=5e-3, warmup_steps=30, eval_interval=10**6, eval_batches=10, progress=False,
                                     threads=args.threads, seed=args.seed))
         seconds[arch], losses[arch] = round(time.time() - start, 1), summary["val_loss"]
         models[arch], tokenizer = load_model(root / arch)
