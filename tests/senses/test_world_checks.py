@@ -4,6 +4,7 @@ each sense method finds what the world planted (thresholds asserted), and works 
 from __future__ import annotations
 
 import copy
+import io
 import json
 
 import pytest
@@ -142,3 +143,12 @@ def test_cli_bad_input_is_one_line_error(world_models, tmp_path, capsys):
     one_line_error(*run_cli(capsys, "sample", "--model", w.backpack_dir, "--edit", bad)[::2], "not an edits file")
     one_line_error(*run_cli(capsys, "senses", "--model", w.transformer_dir, "--token", "bat")[::2],
                    "needs a Backpack")
+
+
+def test_cli_edit_interactive_loop(world_models, capsys, monkeypatch):
+    w = world_models
+    monkeypatch.setattr("sys.stdin", io.StringIO("i bought the phone from\n\n"))
+    code, out, err = run_cli(capsys, "edit", "--model", w.backpack_dir, "--word", "phone", "--from", "acme", "--to",
+                             "globex", "--prompt", "i bought the phone from", "--interactive", "--max-new-tokens", "1")
+    assert code == 0, err
+    assert "[original] i bought the phone from acme" in out and "[edited] i bought the phone from globex" in out

@@ -67,12 +67,11 @@ class DebiasReport:
     def markdown(self) -> str:
         lines = ["| model | method | bias (test) | reduction of bias - 1 |", "|---|---|---|---|"]
         lines += [f"| {r.model} | {r.method} | {r.bias:.3f} | {100 * r.reduction:.1f}% |" for r in self.results]
-        methods = [r for r in self.results]
-        lines += ["", "| profession | " + " | ".join(f"{r.model} {r.method}" for r in methods) + " |",
-                  "|---|" + "---|" * len(methods)]
+        lines += ["", "| profession | " + " | ".join(f"{r.model} {r.method}" for r in self.results) + " |",
+                  "|---|" + "---|" * len(self.results)]
         for i, name in enumerate(self.professions):
             cells = []
-            for r in methods:
+            for r in self.results:
                 p = r.professions[i]
                 cells.append(f"{p.bias:.2f}" + (f" (s={p.scale:.2f})" if p.scale is not None else ""))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
