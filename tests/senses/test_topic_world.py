@@ -1,0 +1,34 @@
+"""Section-6 ground truth for topic control: on the synthetic world, sense re-weighting at strength 3 must raise each
+topic's in-vocabulary share at least 3x over strength 0, with perplexity under the unsteered model rising < 2x."""
+
+from __future__ import annotations
+
+import pytest
+
+from backpacklm.senses.steering import SamplingSettings, evaluate_steering
+from backpacklm.senses.topic import make_topic
+
+SAMPLING = SamplingSettings(length=30, samples=24, top_k=0, seed=0)
+PROMPTS = ["", "the"]  # document starts: the topic is still open
+
+
+def world_topic_control(world_models):
+    backpack, tokenizer, truth = world_models.backpack, world_models.tokenizer, world_models.truth
+    topics = [make_topic(tokenizer, spec["vocabulary"], backpack.config.vocab_size, name)
+              for name, spec in truth["topics"].items()]
+    report = evaluate_steering({"sense": backpack}, tokenizer, topics, [0, 3], PROMPTS, SAMPLING,
+                               reference_model=backpack)
+    by = {(r.topic, r.strength): r for r in report.rows}
+    return {t.name: (by[t.name, 0], by[t.name, 3]) for t in topics}
+
+
+@pytest.mark.xfail(strict=True, reason="measured below the section-6 bar on the fixture world (README, Topic control): "
+                   "the spec'd re-weighting moves each topic's share < 3x at this scale")
+def test_world_topic_control(world_models):
+    measured = world_topic_control(world_models)
+    lines = [f"{name}: in-vocab {base.in_vocab_share:.3f} -> {steered.in_vocab_share:.3f}, "
+             f"perplexity {base.perplexity:.2f} -> {steered.perplexity:.2f}" for name, (base, steered) in measured.items()]
+    print("\n".join(lines))
+    for name, (base, steered) in measured.items():
+        assert steered.in_vocab_share >= 3 * base.in_vocab_share, lines
+        assert steered.perplexity < 2 * base.perplexity, lines
