@@ -36,8 +36,9 @@ def test_char_tokenizer_words_as_written_and_unknown_characters():
     assert word_ids(tok, "cab") == tok.encode("cab")
     with pytest.raises(BackpackError, match="not in the vocabulary"):
         word_ids(tok, "xyz")
+    assert word_ids(tok, " ") == tok.encode(" ")
     with pytest.raises(BackpackError, match="empty word"):
-        word_ids(tok, "  ")
+        word_ids(tok, "")
 
 
 def test_multi_token_words_average_or_first():

@@ -33,8 +33,7 @@ def word_ids(tokenizer, word: str, leading_space: bool = True, vocab_size: int |
     BackpackError for an empty word, a character the tokenizer lacks, an unknown-token id, or an id at or past
     `vocab_size` (the model's rows), so a word outside the vocabulary never silently maps to something else.
     """
-    word = word.strip()
-    if not word:
+    if not word:  # a lone space is a word here: a char-level model's " " token has senses too
         raise BackpackError("empty word")
     ids = _spaced_ids(tokenizer, word) if leading_space else None
     if ids is None:
