@@ -135,9 +135,10 @@ def main() -> None:
     if args.world and not (args.backpack and args.transformer):
         parser.error("--world needs --backpack and --transformer")
     result = {"args": vars(args), "world": world_part(args)}
+    save_result(args.out, result)  # kept even if the Shakespeare part is interrupted
     if not args.skip_shakespeare:
         result["shakespeare"] = shakespeare_part(args)
-    save_result(args.out, result)
+        save_result(args.out, result)
 
 
 if __name__ == "__main__":
