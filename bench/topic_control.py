@@ -96,7 +96,7 @@ def shakespeare_part(args) -> dict | None:
     transformer, _ = load_model(args.shakespeare_transformer)
     bow = Path(args.data) / "pplm_bow"
     topics = [load_topic(bow / f"{name}.txt", tokenizer, backpack.config.vocab_size) for name in ("military", "religion")]
-    sampling = SamplingSettings(length=args.length, samples=args.samples, top_k=10, seed=args.seed)
+    sampling = SamplingSettings(length=args.shakespeare_length, samples=args.shakespeare_samples, top_k=10, seed=args.seed)
     report = evaluate_steering({"sense": backpack, "pplm": transformer}, tokenizer, topics, [0, 1, 2, 3],
                                ["My lord,", "The king", "Now"], sampling, PPLMSettings(), args.shakespeare_step_sizes)
     print("\nshakespeare: method x strength (mean over military, religion)")
@@ -125,18 +125,22 @@ def main() -> None:
     parser.add_argument("--shakespeare-backpack", default="/work/runs/shakespeare-bpe-backpack")
     parser.add_argument("--shakespeare-transformer", default="/work/runs/shakespeare-bpe-transformer")
     parser.add_argument("--shakespeare-step-sizes", type=float, nargs=4, default=[0.0, 0.01, 0.02, 0.03])
-    parser.add_argument("--skip-shakespeare", action="store_true")
+    parser.add_argument("--part", choices=["world", "shakespeare", "both"], default="both")
+    parser.add_argument("--shakespeare-samples", type=int, default=4, help="samples per prompt")
+    parser.add_argument("--shakespeare-length", type=int, default=30)
     parser.add_argument("--data", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="topic_control")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.world and not (args.backpack and args.transformer):
+    if args.part != "shakespeare" and args.world and not (args.backpack and args.transformer):
         parser.error("--world needs --backpack and --transformer")
-    result = {"args": vars(args), "world": world_part(args)}
-    save_result(args.out, result)  # kept even if the Shakespeare part is interrupted
-    if not args.skip_shakespeare:
+    result = {"args": vars(args)}
+    if args.part in ("world", "both"):
+        result["world"] = world_part(args)
+        save_result(args.out, result)  # kept even if the Shakespeare part is interrupted
+    if args.part in ("shakespeare", "both"):
         result["shakespeare"] = shakespeare_part(args)
         save_result(args.out, result)
 

@@ -127,12 +127,14 @@ def evaluate_steering(models: dict, tokenizer, topics: Sequence[Topic], strength
     reference_features = None
     if mauve_references is not None:
         reference_features = text_features(mauve_model or reference_model, tokenizer, mauve_references)
-    rows = []
+    rows, scores = [], {}  # scores: one [V, k] table per topic, shared by its strengths
     jobs = [(m, t, s) for m in models for t in topics for s in strengths]
     for method, topic, strength in tqdm(jobs, desc="steering", unit="setting"):
         model = models[method]
+        if method == "sense" and id(topic) not in scores:
+            scores[id(topic)] = sense_topic_scores(model, topic.target_ids)
         generations, setting = steered_generations(model, tokenizer, topic, strength, method, prompts, sampling,
-                                                   pplm, pplm_step_sizes)
+                                                   pplm, pplm_step_sizes, scores.get(id(topic)))
         texts = [tokenizer.decode(ids) for g in generations for ids in g.new_ids]
         full = [tokenizer.decode(g.prompt_ids + ids) for g in generations for ids in g.new_ids]
         judge = scorer or topic_word_scorer(topic.words)
