@@ -1,0 +1,138 @@
+"""Synthetic in-context tasks with ground truth, and a corpus of few-shot prompts to train a small model on them.
+
+Every task is solvable only from the prompt, so a model must read its context (attention heads) to beat chance:
+  copy   "qxmfzbna|qxm" -> "f": a sequence of distinct letters, then its start again; continue it (induction).
+  map    "k>" -> "7": a letter -> digit code; the task's code (seeded, one per task) is shown only in the k demos.
+  pairs  "q=" -> "a": letters paired like antonyms; a demo may show a pair either way round ("a=q"), so answering
+         can need the reverse lookup.
+Each item is multiple choice: the gold answer plus 3 distractors taken from the same prompt's symbols (so "a symbol
+seen in the prompt" is not enough); chance is 1/4. The corpus uses a fresh random sequence / code / pairing in every
+prompt, so the evaluation task's own code cannot be memorised; it has to be read from the demonstrations.
+Prompts are char-level friendly: letters, digits, ">", "=", "|", one item per line (few-shot delimiter "\n",
+target delimiter "").
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..atomic import replacing
+from ..errors import BackpackError
+from ..heads.tasks import Example, Task
+
+LETTERS = string.ascii_lowercase
+DIGITS = string.digits
+N_CHOICES = 4
+SEQUENCE_LENGTH = 8  # copy: letters per sequence
+N_KEYS = 8  # map / pairs: symbols per code
+DEFAULT_SHOTS = {"copy": 2, "map": 16, "pairs": 16}  # demonstrations that make each task answerable
+POOL_SIZE = 256  # demonstration pool (train split) of a built-in task
+
+
+# ---------------------------------------------------------------------------------------------------- rules
+
+def _copy_item(rng: np.random.Generator, rule: None) -> Example:
+    seq = "".join(rng.choice(list(LETTERS), size=SEQUENCE_LENGTH, replace=False))
+    m = int(rng.integers(1, SEQUENCE_LENGTH))  # letters already repeated; the answer is seq[m]
+    others = [c for c in seq if c != seq[m]]
+    return _choice_example(rng, f"{seq}|{seq[:m]}", seq[m], others)
+
+
+def _map_rule(rng: np.random.Generator) -> dict[str, str]:
+    keys = rng.choice(list(LETTERS), size=N_KEYS, replace=False)
+    values = rng.choice(list(DIGITS), size=N_KEYS, replace=False)
+    return dict(zip(keys.tolist(), values.tolist()))
+
+
+def _map_item(rng: np.random.Generator, code: dict[str, str]) -> Example:
+    key = str(rng.choice(list(code)))
+    return _choice_example(rng, f"{key}>", code[key], [v for v in code.values() if v != code[key]])
+
+
+def _pairs_rule(rng: np.random.Generator) -> dict[str, str]:
+    letters = rng.choice(list(LETTERS), size=N_KEYS, replace=False).tolist()
+    partner = {}
+    for a, b in zip(letters[0::2], letters[1::2]):
+        partner[a], partner[b] = b, a
+    return partner
+
+
+def _pairs_item(rng: np.random.Generator, partner: dict[str, str]) -> Example:
+    key = str(rng.choice(list(partner)))
+    others = [c for c in partner if c not in (key, partner[key])]
+    return _choice_example(rng, f"{key}=", partner[key], others)
+
+
+def _choice_example(rng: np.random.Generator, context: str, gold: str, others: list[str]) -> Example:
+    """Gold plus N_CHOICES - 1 distractors from `others`, in a random order."""
+    distractors = rng.choice(others, size=N_CHOICES - 1, replace=False).tolist()
+    choices = distractors + [gold]
+    order = rng.permutation(N_CHOICES).tolist()
+    choices = tuple(choices[i] for i in order)
+    return Example(context=context, choices=choices, gold=choices.index(gold), answer=gold)
+
+
+# name -> (make a task-level rule, make one item under a rule). copy has no rule: each item carries its own.
+TASKS: dict[str, tuple[Callable, Callable]] = {
+    "copy": (lambda rng: None, _copy_item),
+    "map": (_map_rule, _map_item),
+    "pairs": (_pairs_rule, _pairs_item),
+}
+
+
+def _check(name: str) -> None:
+    if name not in TASKS:
+        raise BackpackError(f"unknown built-in task {name!r}; choose from {', '.join(TASKS)}")
+
+
+# ---------------------------------------------------------------------------------------------------- tasks
+
+def builtin_task(name: str, n: int = 200, seed: int = 0) -> Task:
+    """Task `name` with n evaluation items and a POOL_SIZE-item train split (its demonstrations), all under one
+    seeded rule; the gold index of every item is the ground truth."""
+    _check(name)
+    if n < 1:
+        raise BackpackError(f"number of examples must be >= 1, got {n}")
+    make_rule, make_item = TASKS[name]
+    rng = np.random.default_rng([seed, 1])
+    rule = make_rule(rng)
+    examples = [make_item(rng, rule) for _ in range(n)]
+    train = [make_item(rng, rule) for _ in range(POOL_SIZE)]
+    return Task(name=name, examples=examples, train=train, target_delimiter="", fewshot_delimiter="\n")
+
+
+def icl_corpus(names: list[str] | tuple[str, ...] = tuple(TASKS), n_prompts: int = 2000, seed: int = 0,
+               shots: dict[str, int] | None = None) -> str:
+    """Text of `n_prompts` few-shot prompts with their answers (tasks in turn), each under a fresh random rule.
+
+    A prompt is shots[name] + 1 items, one per line ("k>7"), in the format of `few_shot_prompts` on a built-in
+    task; prompts are separated by a blank line. Train a char-level model on it (prepare_corpus + train)."""
+    for name in names:
+        _check(name)
+    if not names:
+        raise BackpackError("no task names given")
+    shots = {**DEFAULT_SHOTS, **(shots or {})}
+    rng = np.random.default_rng([seed, 2])  # a stream apart from builtin_task's, so corpus rules differ from eval
+    prompts = []
+    for i in range(n_prompts):
+        name = names[i % len(names)]
+        make_rule, make_item = TASKS[name]
+        rule = make_rule(rng)
+        items = [make_item(rng, rule) for _ in range(shots[name] + 1)]
+        prompts.append("\n".join(ex.context + ex.target for ex in items))
+    return "\n\n".join(prompts) + "\n"
+
+
+def write_icl_corpus(path: str | Path, names: list[str] | tuple[str, ...] = tuple(TASKS), n_prompts: int = 2000,
+                     seed: int = 0, shots: dict[str, int] | None = None) -> Path:
+    """Write `icl_corpus(...)` to a text file (atomically), ready for `prepare_corpus([path], out, "char")`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = icl_corpus(names, n_prompts, seed, shots)
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
