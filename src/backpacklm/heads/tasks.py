@@ -14,8 +14,8 @@ Demonstrations are drawn without replacement, seeded per example, from the task'
 from the other evaluation examples (never the example itself).
 
 Scores are log-likelihoods in nats: log p(continuation | prompt) = sum over its tokens of log p(token | prefix).
-Length normalisation divides that sum by the continuation's length, either in characters ("char", lm-eval's acc_norm,
-comparable across tokenizers) or in tokens ("token", a per-token mean). Multiple-choice accuracy picks the best score.
+Length normalisation divides that sum by a length: "char" by the choice's characters (without T; lm-eval's acc_norm,
+comparable across tokenizers) or "token" by the continuation's tokens (a per-token mean log-prob). Multiple-choice accuracy picks the best score.
 Generation is greedy (`generate()`), cut at the few-shot delimiter, and exact match after stripping whitespace.
 """
 
@@ -79,8 +79,8 @@ class TaskResult:
     """Accuracy of a model on a task.
 
     correct: [n] per evaluation example. predictions: [n] chosen choice index (multiple choice) or generated text.
-    choice_logprobs / choice_tokens / choice_chars: [n][choices] log p(T + choice | prompt) in nats, and the length of
-    T + choice in tokens and characters; golds: [n] gold indices (multiple choice only; None for generation).
+    choice_logprobs / choice_tokens / choice_chars: [n][choices] log p(T + choice | prompt) in nats, the tokens of
+    T + choice, the characters of the choice; golds: [n] gold indices (multiple choice only; None for generation).
     """
 
     task: str
@@ -454,7 +454,7 @@ def _evaluate_choices(model, tokenizer, task, prompts, batch_size, norm, padding
         at += len(ex.choices)
         logprobs.append([lp for lp, _ in rows])
         tokens.append([n for _, n in rows])
-        chars.append([len(task.target_delimiter + c) for c in ex.choices])
+        chars.append([len(c) for c in ex.choices])
         picks.append(int(np.argmax(_normalized(logprobs[-1], tokens[-1], chars[-1], norm))))
     correct = [p == ex.gold for p, ex in zip(picks, task.examples)]
     return TaskResult(

@@ -1,7 +1,7 @@
 """Synthetic in-context tasks with ground truth, and a corpus of few-shot prompts to train a small model on them.
 
 Every task is solvable only from the prompt, so a model must read its context (attention heads) to beat chance:
-  copy   "qxmfzbna|qxm" -> "f": a sequence of distinct letters, then its start again; continue it (induction).
+  copy   "cahfbd|cah" -> "f": a sequence of distinct letters, then its start again; continue it (induction).
   map    "k>" -> "7": a letter -> digit code; the task's code (seeded, one per task) is shown only in the k demos.
   pairs  "q=" -> "a": letters paired like antonyms; a demo may show a pair either way round ("a=q"), so answering
          can need the reverse lookup.
@@ -24,10 +24,10 @@ from ..atomic import replacing
 from ..errors import BackpackError
 from ..heads.tasks import Example, Task
 
-LETTERS = string.ascii_lowercase
+LETTERS = "abcdefgh"  # a small alphabet: a tiny model learns to match symbols in a few hundred steps (26: not yet)
 DIGITS = string.digits
 N_CHOICES = 4
-SEQUENCE_LENGTH = 8  # copy: letters per sequence
+SEQUENCE_LENGTH = 6  # copy: distinct letters per sequence
 N_KEYS = 8  # map / pairs: symbols per code
 DEFAULT_SHOTS = {"copy": 2, "map": 16, "pairs": 16}  # demonstrations that make each task answerable
 POOL_SIZE = 256  # demonstration pool (train split) of a built-in task
