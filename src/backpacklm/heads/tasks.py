@@ -243,7 +243,8 @@ def builtin_task(name: str, n: int = 200, seed: int = 0) -> Task:
 
 def demonstration_indices(task: Task, k: int, seed: int) -> list[list[int]]:
     """[n][k] indices of each evaluation example's demonstrations: into task.train if it has examples, else into
-    task.examples (excluding the example itself). Seeded per example, so example i's demos do not depend on n."""
+    task.examples (excluding the example itself). Seeded per example: with a train split, example i's demos do not
+    depend on how many examples the task has."""
     n = len(task.examples)
     pool = len(task.train) if task.train else n - 1
     if k < 0:

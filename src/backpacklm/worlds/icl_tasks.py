@@ -100,8 +100,8 @@ def builtin_task(name: str, n: int = 200, seed: int = 0) -> Task:
     make_rule, make_item = TASKS[name]
     rng = np.random.default_rng([seed, 1])
     rule = make_rule(rng)
+    train = [make_item(rng, rule) for _ in range(POOL_SIZE)]  # first, so the first m of n examples never change
     examples = [make_item(rng, rule) for _ in range(n)]
-    train = [make_item(rng, rule) for _ in range(POOL_SIZE)]
     return Task(name=name, examples=examples, train=train, target_delimiter="", fewshot_delimiter="\n")
 
 
