@@ -23,7 +23,8 @@ from typing import Iterator
 
 from ..atomic import replacing
 from ..errors import BackpackError
-from .gates import masking
+from .adapters import adapter_for
+from .gates import check_ffn_mask, check_head_mask, masking
 from .tasks import Task, few_shot_prompts
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -79,6 +80,11 @@ def lm_eval_evaluate(model, tokenizer, tasks: str | list[str], head_mask=None, f
                      seed: int = 0, offline_only: bool = True) -> LmEvalResult:
     """lm-eval `tasks` on `model` with heads (head_mask [layers, heads], 1 keep / 0 remove) and FFN blocks
     (ffn_mask [layers]) masked. include_path: folder(s) of extra task YAMLs (e.g. from `export_lm_eval_task`)."""
+    adapter = adapter_for(model)  # bad masks fail here, before lm-eval's slow start
+    if head_mask is not None:
+        check_head_mask(adapter, head_mask)
+    if ffn_mask is not None:
+        check_ffn_mask(adapter, ffn_mask)
     with offline() if offline_only else contextlib.nullcontext():
         try:
             import lm_eval
