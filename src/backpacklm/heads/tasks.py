@@ -13,6 +13,7 @@ F the few-shot delimiter and T the target delimiter; a choice (or answer) c is s
 Demonstrations are drawn without replacement, seeded per example, from the task's train split, or, when it has none,
 from the other evaluation examples (never the example itself).
 
+Texts are tokenized with the tokenizer's defaults (so a BOS where the tokenizer adds one), as lm-eval does.
 Scores are log-likelihoods in nats: log p(continuation | prompt) = sum over its tokens of log p(token | prefix).
 Length normalisation divides that sum by a length: "char" by the choice's characters (without T; lm-eval's acc_norm,
 comparable across tokenizers) or "token" by the continuation's tokens (a per-token mean log-prob). Multiple-choice accuracy picks the best score.
@@ -29,6 +30,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..atomic import replacing
 from ..errors import BackpackError
@@ -369,7 +371,7 @@ def answer_batches(tokenizer, task: Task, k: int = 0, seed: int = 0, batch_size:
 
 @torch.no_grad()
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 8,
-                          padding_side: str = "right") -> list[tuple[float, int]]:
+                          padding_side: str = "right", progress: bool = False) -> list[tuple[float, int]]:
     """[(log p(continuation | context) in nats, continuation tokens)] for (context, continuation) pairs, batched.
 
     Padding on either side gives the same numbers: the attention mask hides pad tokens and position ids count only
@@ -387,7 +389,7 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
         raise BackpackError(f"{type(model).__name__} takes no position_ids; score with right padding")
     pad = pad_id(tokenizer)
     out: list[tuple[float, int]] = []
-    for start in range(0, len(encoded), batch_size):
+    for start in tqdm(range(0, len(encoded), batch_size), desc="scoring", unit="batch", disable=not progress):
         chunk = encoded[start:start + batch_size]
         ids, mask, positions = pad_batch([seq for seq, _ in chunk], pad, padding_side)
         kwargs = {"position_ids": positions.to(device)} if takes_positions else {}
@@ -421,14 +423,17 @@ def _normalized(logprobs, tokens, chars, norm: str) -> np.ndarray:
 
 def evaluate_task(model, tokenizer, task: Task, k: int = 0, seed: int = 0, batch_size: int = 8,
                   length_normalize: str | bool = "none", max_new_tokens: int | None = None,
-                  padding_side: str = "right") -> TaskResult:
+                  padding_side: str = "right", progress: bool = False) -> TaskResult:
     """Accuracy of `model` on `task` with k-shot prompts (module docstring: prompts, scores, normalisation).
 
     length_normalize: "none" (summed log-prob), "token" (per token), "char" or True (per character, lm-eval's
     acc_norm). Generation tasks use greedy decoding (left padding) for `max_new_tokens` (default: the longest
-    answer's tokens + 2) and exact match.
+    answer's tokens + 2) and exact match. padding_side: of the scoring batches (equal results either way).
+    progress: a tqdm bar over batches.
     """
     norm = _normalization(length_normalize)
+    if not task.examples:
+        raise BackpackError(f"task {task.name!r} has no examples")
     if batch_size < 1:
         raise BackpackError(f"batch size must be >= 1, got {batch_size}")
     prompts = few_shot_prompts(task, k, seed)
@@ -436,18 +441,18 @@ def evaluate_task(model, tokenizer, task: Task, k: int = 0, seed: int = 0, batch
     model.eval()
     try:
         if task.kind == "multiple_choice":
-            result = _evaluate_choices(model, tokenizer, task, prompts, batch_size, norm, padding_side)
+            result = _evaluate_choices(model, tokenizer, task, prompts, batch_size, norm, padding_side, progress)
         else:
-            result = _evaluate_generation(model, tokenizer, task, prompts, batch_size, max_new_tokens)
+            result = _evaluate_generation(model, tokenizer, task, prompts, batch_size, max_new_tokens, progress)
     finally:
         model.train(was_training)
     result.k, result.seed, result.length_normalize = k, seed, norm
     return result
 
 
-def _evaluate_choices(model, tokenizer, task, prompts, batch_size, norm, padding_side) -> TaskResult:
+def _evaluate_choices(model, tokenizer, task, prompts, batch_size, norm, padding_side, progress) -> TaskResult:
     pairs = [(p, task.target_delimiter + c) for p, ex in zip(prompts, task.examples) for c in ex.choices]
-    scored = continuation_logprobs(model, tokenizer, pairs, batch_size, padding_side)
+    scored = continuation_logprobs(model, tokenizer, pairs, batch_size, padding_side, progress)
     logprobs, tokens, chars, picks = [], [], [], []
     at = 0
     for ex in task.examples:
@@ -466,7 +471,7 @@ def _evaluate_choices(model, tokenizer, task, prompts, batch_size, norm, padding
 
 
 @torch.no_grad()
-def _evaluate_generation(model, tokenizer, task, prompts, batch_size, max_new_tokens) -> TaskResult:
+def _evaluate_generation(model, tokenizer, task, prompts, batch_size, max_new_tokens, progress) -> TaskResult:
     if max_new_tokens is None:
         max_new_tokens = max(len(tokenizer.encode(task.target_delimiter + ex.answer)) for ex in task.examples) + 2
     limit = max_positions(model)
@@ -478,7 +483,7 @@ def _evaluate_generation(model, tokenizer, task, prompts, batch_size, max_new_to
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
     texts: list[str] = []
-    for start in range(0, len(encoded), batch_size):
+    for start in tqdm(range(0, len(encoded), batch_size), desc="generating", unit="batch", disable=not progress):
         ids, mask, _ = pad_batch(encoded[start:start + batch_size], pad, "left")
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=pad)
