@@ -84,7 +84,7 @@ def test_offline_sets_and_restores_the_environment(monkeypatch):
 
 
 def test_bad_requests_are_one_line_errors(setup, tmp_path):
-    model, tok, task, folder, name = setup
+    model, tok, _, folder, name = setup
     generation = Task("g", [Example("a", answer="b")])
     with pytest.raises(BackpackError, match="generation task"):
         export_lm_eval_task(generation, tmp_path)

@@ -15,8 +15,8 @@ from backpacklm import BackpackConfig, BackpackForCausalLM
 from backpacklm.data.tokenizers import build_char_tokenizer
 from backpacklm.errors import BackpackError
 from backpacklm.heads.tasks import (
-    Example, Task, answer_batches, builtin_task, demonstration_indices, evaluate_task, few_shot_prompts, load_task,
-    write_task_jsonl,
+    Example, Task, answer_batches, builtin_task, demonstration_indices, encode_pair, evaluate_task, few_shot_prompts,
+    load_task, write_task_jsonl,
 )
 from backpacklm.worlds.icl_tasks import icl_corpus
 
@@ -204,3 +204,13 @@ def test_generation_exact_match_batched(tok):
     assert result.accuracy == 1.0 and result.kind == "generation" and result.choice_logprobs is None
     shifted = Task("g", [Example(e.context, answer=e.answer + "q") for e in own.examples], own.train, "", "\n")
     assert evaluate_task(model, tok, shifted, k=1, batch_size=4, max_new_tokens=3).accuracy == 0.0
+
+
+def test_bpe_pairs_split_like_lm_eval():
+    from backpacklm.data.tokenizers import train_bpe_tokenizer
+
+    bpe = train_bpe_tokenizer(["the sky is blue and the sea is blue too"] * 20, vocab_size=300)
+    context, continuation = encode_pair(bpe, "the sky is ", "blue")  # trailing space moves to the continuation
+    assert (context, continuation) == encode_pair(bpe, "the sky is", " blue")
+    assert bpe.decode(context) == "the sky is" and bpe.decode(continuation) == " blue"
+    assert context + continuation == bpe.encode("the sky is blue")

@@ -75,7 +75,7 @@ def test_trained_model_solves_copy_with_its_heads(copy_model):
     model, tok = copy_model
     task = builtin_task("copy", n=100, seed=1)
     result = evaluate_task(model, tok, task, k=2, seed=0, batch_size=25)
-    assert result.accuracy > 0.8 > 0.25 == result.chance
+    assert result.chance == 0.25 and result.accuracy > 0.8  # measured 0.96
     with masking(model, head_mask=torch.zeros(model.config.n_layer, model.config.n_head)):
         ablated = evaluate_task(model, tok, task, k=2, seed=0, batch_size=25).accuracy
     assert ablated < 0.45  # without its heads the model cannot read the context: near chance
