@@ -18,17 +18,17 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 VOCAB = 26  # random tokens 0..25; BOS = 26
 SEQ = 32
-HEADS = int(__import__("os").environ.get("GT_HEADS", 2))
+HEADS = 4
 
 
-def train_induction_model(steps: int = 300, batch: int = 32, seed: int = 1, lr: float = 3e-3):
+def train_induction_model(steps: int = 300, batch: int = 32, seed: int = 1, lr: float = 3e-3, weight_decay: float = 0.0):
     """2 layers x 4 heads, d 64, AdamW with a 30-step warmup; returns the model in eval mode (BOS id = VOCAB)."""
     torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=HEADS,
                          vocab_size=VOCAB + 1, max_position_embeddings=64, bos_token_id=VOCAB, eos_token_id=VOCAB,
                          pad_token_id=VOCAB)
     model = LlamaForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
     g = torch.Generator().manual_seed(seed)
     model.train()
