@@ -7,7 +7,7 @@ Why a minimal loop and not `backpacklm.train.loop.train`: the trainer builds our
 positions) and takes the loss on every token of a flat token stream. Measured here, a 2-layer GPT-2 (d 32-64) trained
 on such data for 600 steps had formed no induction head (layer-2 prefix-matching 0.02-0.06), while a 2-layer model
 with rotary positions (the Llama layout, a supported architecture) and the loss on the repeats forms them in about
-150-300 steps, which fits the test budget. (The in-context task model of the ground-truth tests is trained with our
+150-450 steps, which fits the test budget. (The in-context task model of the ground-truth tests is trained with our
 trainer: `backpacklm.worlds.icl_tasks.train_icl_model`.)
 """
 
@@ -21,8 +21,11 @@ SEQ = 32
 HEADS = 4
 
 
-def train_induction_model(steps: int = 300, batch: int = 32, seed: int = 1, lr: float = 3e-3, weight_decay: float = 0.0):
-    """2 layers x 4 heads, d 64, AdamW with a 30-step warmup; returns the model in eval mode (BOS id = VOCAB)."""
+def train_induction_model(steps: int = 450, batch: int = 32, seed: int = 1, lr: float = 3e-3, weight_decay: float = 1.0):
+    """2 layers x 4 heads, d 64, AdamW with a 30-step warmup; returns the model in eval mode (BOS id = VOCAB).
+
+    The strong weight decay makes heads specialise: without it the four layer-2 heads all became induction heads of
+    about equal strength (measured: prefix-matching 0.62-0.81 each), so ablating any one of them changed little."""
     torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=HEADS,
                          vocab_size=VOCAB + 1, max_position_embeddings=64, bos_token_id=VOCAB, eos_token_id=VOCAB,

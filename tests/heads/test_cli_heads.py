@@ -52,7 +52,9 @@ def test_every_subcommand_on_every_architecture(name, model_dirs, tmp_path, caps
     assert code == 0, err
     induction = json.loads((out / "induction.json").read_text())
     assert len(induction["prefix_matching"]) == 2 and len(induction["extra"]["capacity_retained"]) in (1, 2)
-    if name == "gpt2":  # the slower sweeps once
+    if name == "gpt2":  # the slower sweeps once, and loading through accelerate's device_map
+        code, text, err = run_cli(capsys, "heads", "eval", "--model", model, *task, "--out", out, "--device-map", "auto")
+        assert code == 0, err
         code, text, err = run_cli(capsys, "heads", "ffn", "--model", model, *task, "--out", out)
         assert code == 0, err
         code, text, err = run_cli(capsys, "heads", "prune", "--model", model, *task, "--builtin", "pairs",
