@@ -141,7 +141,7 @@ def write_icl_corpus(path: str | Path, names: list[str] | tuple[str, ...] = tupl
 
 # Settings under which a 2-layer, d=64 Transformer learns `copy` on one CPU thread in 250 steps (8 x 64 tokens each):
 # accuracy 0.955 (2-shot, chance 0.25), carried by one first-layer head. `map` and `pairs` need an induction circuit
-# and stay at chance with this recipe even after 1200 steps (docs/heads_tasks.md).
+# and stay near chance with this recipe even after 2500 steps (docs/heads_tasks.md).
 ICL_MODEL = dict(n_layer=2, n_embd=64, n_head=4, num_senses=4, n_positions=128)
 ICL_TRAINING = dict(max_steps=250, batch_size=8, block_size=64, lr=5e-3, warmup_steps=20)
 
