@@ -11,7 +11,8 @@ tokens of each marked as the answer.
 
 Time: the two alternate (`--rounds` rounds after a warm-up), medians reported per 1k tokens, so that load from other
 processes hits both alike. Memory: one fresh subprocess per (model, mode) with MALLOC_MMAP_THRESHOLD_=65536 (RSS then
-follows live memory); peak = ru_maxrss - RSS after building the model. Pruning sweep: `head_pruning_curve` at 0..90 %
+follows live memory); peak = VmHWM (reset after building the model) - RSS after building the model.
+`--memory-only` re-measures the memory of an existing results file. Pruning sweep: `head_pruning_curve` at 0..90 %
 on the built-in copy task (`--sweep-examples` examples, 2-shot, char ids) with the micro model; time per point.
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python bench/heads_importance.py [--batch 2 --block 256 --rounds 3]
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -73,23 +73,26 @@ def importance(model, ids, mask, answer) -> None:
 MODES = {"plain": plain, "importance": importance}
 
 
-def rss_bytes() -> int:
+def status_bytes(field: str) -> int:
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def worker(name: str, mode: str, batch: int, block: int) -> dict:
-    """In a fresh process: peak RSS of one `mode` call above the RSS after building the model."""
+    """In a fresh process: peak RSS of one `mode` call above the RSS after building the model (the high-water
+    mark VmHWM is reset first by writing 5 to /proc/self/clear_refs, so the model's construction does not count)."""
     torch.manual_seed(0)
     model = build(name)
     data = make_batch(model, batch, block)
-    base = rss_bytes()
+    base = status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     start = time.perf_counter()
     MODES[mode](model, *data)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    peak = status_bytes("VmHWM") - base
     return {"peak_mib": peak / MiB, "seconds": seconds}
 
 
@@ -140,15 +143,23 @@ def main(argv=None) -> None:
     p.add_argument("--sweep-examples", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"))
+    p.add_argument("--memory-only", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(worker(*args.worker, args.batch, args.block)))
         return
-    results = {"settings": vars(args), "models": {}}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(args.threads)}
+    if args.memory_only:
+        from common import RESULTS_DIR
+
+        results = json.loads((RESULTS_DIR / "heads_importance.json").read_text())
+        results.pop("benchmark"), results.pop("machine")
+        args.batch, args.block = results["settings"]["batch"], results["settings"]["block"]
+    else:
+        results = {"settings": vars(args), "models": {}}
     for name in MODELS:
-        entry = timing(name, args.batch, args.block, args.rounds)
+        entry = results["models"][name] if args.memory_only else timing(name, args.batch, args.block, args.rounds)
         entry["memory"] = {}
         for mode in MODES:
             out = subprocess.run([sys.executable, __file__, "--worker", name, mode, "--batch", str(args.batch),
@@ -161,7 +172,8 @@ def main(argv=None) -> None:
               f"{entry['seconds_per_1k_tokens']['plain']:.2f} = {entry['ratio']:.2f}x (target <= 1.5x); peak "
               f"{entry['memory']['importance']['peak_mib']:.0f} vs {entry['memory']['plain']['peak_mib']:.0f} MiB "
               f"= {entry['memory_ratio']:.2f}x", flush=True)
-    results["pruning_sweep"] = sweep(args.sweep_examples)
+    if not args.memory_only:
+        results["pruning_sweep"] = sweep(args.sweep_examples)
     s = results["pruning_sweep"]
     print(f"pruning sweep (micro, copy, {s['examples']} examples, {s['points']} points): {s['seconds']:.1f} s, "
           f"{s['seconds_per_point']:.2f} s/point")

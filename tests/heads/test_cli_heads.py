@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import BloomConfig, BloomForCausalLM
 
 from backpacklm.data.tokenizers import build_char_tokenizer
 from backpacklm.worlds.icl_tasks import icl_corpus
@@ -68,13 +68,13 @@ def test_every_subcommand_on_every_architecture(name, model_dirs, tmp_path, caps
 
 def test_bad_input_is_one_line_exit_2(model_dirs, tmp_path, capsys):
     model = str(model_dirs["gpt2"])
-    t5 = tmp_path / "t5"
-    T5ForConditionalGeneration(T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, vocab_size=32,
-                                        d_kv=8)).save_pretrained(t5)
+    bloom = tmp_path / "bloom"  # a causal LM without a row in the adapter table
+    BloomForCausalLM(BloomConfig(hidden_size=16, n_layer=1, n_head=2, vocab_size=32)).save_pretrained(bloom)
+    capsys.readouterr()  # drop the save progress output
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     cases = [
-        (["heads", "induction", "--model", t5, "--out", tmp_path], "not supported"),
+        (["heads", "induction", "--model", bloom, "--out", tmp_path], "architecture 'bloom'"),
         (["heads", "eval", "--model", model, "--builtin", "copy", "--mask-heads", "0.7", "--out", tmp_path],
          "out of range"),
         (["heads", "eval", "--model", model, "--builtin", "copy", "--mask-ffn", "5", "--out", tmp_path],
