@@ -33,10 +33,11 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     run = train_icl_model(args.work, ["copy"], max_steps=args.steps)
     timings["train"] = time.perf_counter() - start
-    task = ["--builtin", "copy", "--n", "200", "--batch-size", "50", "--no-progress"]
+    task = ["--builtin", "copy", "--n", "100", "--batch-size", "50", "--no-progress"]
     commands = {
         "importance": ["heads", "importance", "--model", run, *task, "--out", out],
         "prune": ["heads", "prune", "--model", run, *task, "--importance", out / "importance_copy.json", "--grid",
+                  "--head-percents", "0,12.5,25,37.5,50,62.5,75,87.5",
                   "--out", out],
         "induction": ["heads", "induction", "--model", run, "--data", f"{args.work}/data", "--lengths", "4,6,8",
                       "--importance", out / "importance_copy.json", "--out", out, "--no-progress"],
