@@ -33,7 +33,7 @@ def mha_twin(model, attn):
 def logits_with_zero_values(model, ids, layer, head):
     """Reference: zero head `head`'s value vectors in `layer` at the value projection's output."""
     adapter = adapter_for(model)
-    H, dh, D = adapter.num_heads, adapter.head_dim, adapter.num_heads * adapter.head_dim
+    dh, D = adapter.head_dim, adapter.num_heads * adapter.head_dim
     layout = adapter.spec.value_layout
 
     def zero(module, args, out):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 from backpacklm.heads import adapter_for, masking

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backpacklm.errors import BackpackError
-from backpacklm.heads import adapter_for, masking
+from backpacklm.heads import adapter_for
 from backpacklm.heads.importance import HeadImportance, answer_nll, importance_from_batches, load_importance
 
 from .models import ARCHS, tiny_model

@@ -102,15 +102,14 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------------------------------------------- shared
 
 def _load(args):
-    from ..errors import BackpackError
+    """(model, tokenizer) from --model; with --device-map accelerate places the layers (gates follow them)."""
+    from ..heads.adapters import adapter_for
     from ..model.loading import load_model
 
     kwargs = {"device_map": args.device_map} if args.device_map else {}
     model, tokenizer = load_model(args.model, device=None if args.device_map else args.device, **kwargs)
-    from ..heads.adapters import adapter_for
-
     adapter_for(model)  # unsupported architecture: fail before any work
-    return model, tokenizer, BackpackError
+    return model, tokenizer
 
 
 def _tasks(args, tokenizer) -> list[tuple[object, int]]:
@@ -165,7 +164,7 @@ def _safe(name: str) -> str:
 def run_importance(args) -> None:
     from ..heads.importance import head_importance
 
-    model, tokenizer, _ = _load(args)
+    model, tokenizer = _load(args)
     head_mask, ffn_mask = _masks(args, model)
     out = _out(args)
     for task, k in _tasks(args, tokenizer):
@@ -208,7 +207,7 @@ def run_prune(args) -> None:
     head_percents = check_percents(_percent_list(args.head_percents))
     ffn_percents = check_percents(_percent_list(args.ffn_percents))
     check_percents([args.transfer_percent])
-    model, tokenizer, _ = _load(args)
+    model, tokenizer = _load(args)
     tasks = _tasks(args, tokenizer)
     adapter = adapter_for(model)
     out = _out(args)
@@ -264,7 +263,7 @@ def run_prune(args) -> None:
 def run_ffn(args) -> None:
     from ..heads.ffn import ffn_importance
 
-    model, tokenizer, _ = _load(args)
+    model, tokenizer = _load(args)
     out = _out(args)
     for task, k in _tasks(args, tokenizer):
         result = ffn_importance(model, tokenizer, task, k=k, seed=args.seed, batch_size=args.batch_size,
@@ -282,7 +281,7 @@ def run_induction(args) -> None:
 
     lengths = _int_list(args.lengths)
     head_percents = _percent_list(args.head_percents)
-    model, tokenizer, _ = _load(args)
+    model, tokenizer = _load(args)
     counts = None
     if args.data:
         from ..data.dataset import TokenData
@@ -325,7 +324,7 @@ def run_eval(args) -> None:
     from ..heads.tasks import evaluate_task
     from ..heads.gates import masking
 
-    model, tokenizer, _ = _load(args)
+    model, tokenizer = _load(args)
     head_mask, ffn_mask = _masks(args, model)
     if args.prune_percent is not None:
         check_percents([args.prune_percent])
