@@ -12,7 +12,11 @@ import sys
 
 from ..errors import BackpackError
 
-COMMAND_MODULES = ["data", "train", "sample", "evaluate", "senses", "lexsim", "debias", "edit", "world", "convert", "demo", "steer"]
+COMMAND_MODULES = [
+    "data", "train", "sample", "evaluate", "convert", "demo",
+    "senses", "lexsim", "steer", "debias", "edit", "world",
+    "heads",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
