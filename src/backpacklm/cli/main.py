@@ -12,7 +12,7 @@ import sys
 
 from ..errors import BackpackError
 
-COMMAND_MODULES = ["data", "train", "sample", "evaluate", "senses", "convert", "demo"]
+COMMAND_MODULES = ["data", "train", "sample", "evaluate", "senses", "convert", "demo", "world"]
 
 
 def build_parser() -> argparse.ArgumentParser:
