@@ -12,7 +12,7 @@ import sys
 
 from ..errors import BackpackError
 
-COMMAND_MODULES = ["data", "train", "sample", "evaluate", "senses", "convert", "demo", "world"]
+COMMAND_MODULES = ["data", "train", "sample", "evaluate", "senses", "convert", "demo", "world", "gist"]
 
 
 def build_parser() -> argparse.ArgumentParser:
