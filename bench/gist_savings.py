@@ -31,7 +31,7 @@ from backpacklm.gist.train import GistTrainConfig, train_gist
 from backpacklm.model.loading import load_model
 from backpacklm.worlds.instructions import InstructionWorldConfig, generate_instruction_world, write_instruction_world
 
-RUNS = [("gist", 1), ("gist", 2), ("gist", 5), ("gist", 10), ("pos_control", 1), ("neg_control", 1)]
+RUNS = [("gist", 1), ("neg_control", 1), ("pos_control", 1), ("gist", 2), ("gist", 5), ("gist", 10)]
 MODEL = dict(n_embd=64, n_layer=2, n_head=2, num_senses=4, n_positions=256)
 
 
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/gist_bench", help="world files and training runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", nargs="*", default=None, help="subset, e.g. gist:1 neg_control:1")
+    parser.add_argument("--train-only", action="store_true", help="only train (e.g. a second process for some runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -64,11 +65,17 @@ def main() -> None:
                 model_overrides=MODEL, threads=args.threads, resume=out.exists() and (out / "latest.json").exists(),
             ))
         training[f"{condition}-k{k}"] = json.loads(summary_path.read_text())
+        if args.train_only:
+            continue
         evaluation = evaluate_gist(out / "model", splits, batch_size=50, max_new_tokens=32, progress=True)
         evaluations.append(evaluation)
         print(f"{condition} k={k}: " + ", ".join(f"{s} {v.rouge_l:.1f}" for s, v in evaluation.splits.items()),
               flush=True)
+        save_result("gist_savings", {"settings": {**vars(args), "model": MODEL, "runs": runs}, "training": training,
+                                     "quality": [e.to_dict() for e in evaluations], "savings": None})
 
+    if args.train_only:
+        return
     table = quality_table(evaluations)
     print(table)
     model_dir = work / "gist-k1" / "model"

@@ -204,9 +204,10 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         raise BackpackError(f"the data's tokenizer has {len(data.tokenizer)} tokens; the model only {config.vocab_size}")
 
     max_steps = cfg.max_steps or state.get("max_steps") or 1000
-    block_size = cfg.block_size or state.get("block_size") or config.n_positions
-    if block_size > config.n_positions:
-        raise BackpackError(f"block size {block_size} exceeds the model's {config.n_positions} positions")
+    positions = getattr(config, "n_positions", None) or config.max_position_embeddings  # GPT-2 / Llama names
+    block_size = cfg.block_size or state.get("block_size") or positions
+    if block_size > positions:
+        raise BackpackError(f"block size {block_size} exceeds the model's {positions} positions")
     if cfg.batch_size % (env.world_size * cfg.grad_accum):
         raise BackpackError(
             f"batch size {cfg.batch_size} must be divisible by processes ({env.world_size}) x accumulation ({cfg.grad_accum})"
