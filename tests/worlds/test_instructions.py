@@ -30,6 +30,10 @@ def _expected(letters: list[str], tasks: list[str], params: list[dict]) -> str:
             "every_second": lambda s: [x for i, x in enumerate(s) if i % 2 == 0],
             "replace": lambda s: [p["dst"] if x == p["src"] else x for x in s],
             "count": lambda s: [str(len(s))],
+            "first": lambda s: s[:1],
+            "last": lambda s: s[-1:],
+            "min": lambda s: [sorted(s)[0]],
+            "max": lambda s: [sorted(s)[-1]],
         }[task](letters)
     return " ".join(letters)
 

@@ -7,6 +7,8 @@ The tasks (`TASKS`):
     reverse        c a e b -> b e a c          sort          c a e b -> a b c e
     repeat         c a e   -> c a e c a e      every_second  c a e b -> c e
     replace X Y    c a e b -> c y e b (X=a)    count         c a e b -> 4
+    first          c a e b -> c                last          c a e b -> b
+    min            c a e b -> a                max           c a e b -> e
 
 Each task has several phrasings; a composition joins two phrasings with a connective ("..., then ..."). The splits
 hold ground truth by construction (Mu et al. 2023 evaluate on seen / unseen instructions the same way):
@@ -73,8 +75,37 @@ PHRASINGS: dict[str, list[str]] = {
         "say how many letters the input has",
         "tell me the length of the sequence",
     ],
+    "first": [
+        "give the first letter",
+        "say which letter comes first",
+        "write the leftmost letter",
+        "name the letter at the start",
+        "what is the first letter",
+    ],
+    "last": [
+        "give the last letter",
+        "say which letter comes last",
+        "write the rightmost letter",
+        "name the letter at the end",
+        "what is the last letter",
+    ],
+    "min": [
+        "give the earliest letter in the alphabet",
+        "which letter is closest to a",
+        "name the alphabetically smallest letter",
+        "find the lowest letter",
+        "pick the letter nearest the start of the alphabet",
+    ],
+    "max": [
+        "give the latest letter in the alphabet",
+        "which letter is closest to z",
+        "name the alphabetically largest letter",
+        "find the highest letter",
+        "pick the letter nearest the end of the alphabet",
+    ],
 }
 TASKS = tuple(PHRASINGS)
+REDUCERS = ("count", "first", "last", "min", "max")  # one-symbol outputs: only ever the last task of a composition
 CONNECTIVES = ["{a}, then {b}", "first {a}; after that {b}", "{a} and then {b}"]
 PREAMBLES = [
     "You will be given a short sequence of lowercase letters separated by spaces. Read it carefully and {instruction}."
@@ -87,7 +118,8 @@ REPLACEMENTS = "xyz"  # replace targets never occur in inputs
 
 @dataclass
 class InstructionWorldConfig:
-    """What to generate. `tasks` is a subset of `TASKS`; compositions pair two different tasks, `count` only last."""
+    """What to generate. `tasks` is a subset of `TASKS`; compositions pair two different tasks, a reducer (one-symbol
+    output: count, first, last, min, max) only last."""
 
     seed: int = 0
     n_train: int = 4000
@@ -167,11 +199,13 @@ def apply_task(task: str, letters: list[str], params: dict[str, str]) -> list[st
         return [params["dst"] if x == params["src"] else x for x in letters]
     if task == "count":
         return [str(len(letters))]
+    if task in ("first", "last", "min", "max"):
+        return [{"first": letters[0], "last": letters[-1], "min": min(letters), "max": max(letters)}[task]]
     raise BackpackError(f"unknown task {task!r}")
 
 
 def _possible_pairs(tasks: tuple[str, ...]) -> list[tuple[str, str]]:
-    return [(a, b) for a in tasks for b in tasks if a != b and a != "count"]
+    return [(a, b) for a in tasks for b in tasks if a != b and a not in REDUCERS]
 
 
 def _split_pairs(pairs: list[tuple[str, str]], fraction: float, rng: random.Random):
