@@ -99,8 +99,8 @@ def test_every_task_and_composites_present(world):
 
 
 def test_long_instructions_are_long(world):
-    assert min(len(r["instruction"]) for r in world.splits["long"]) >= 50
-    assert max(len(r["instruction"]) for r in world.splits["seen"]) < min(len(r["instruction"]) for r in world.splits["long"])
+    assert min(len(r["instruction"]) for r in world.splits["long"]) >= 80  # 50+ tokens for a char tokenizer
+    assert max(len(r["instruction"]) for r in world.splits["long"]) <= 180  # prompt + answer fit 256 positions
 
 
 def test_bad_config_is_one_error():

@@ -16,7 +16,7 @@ hold ground truth by construction (Mu et al. 2023 evaluate on seen / unseen inst
     train, seen          seen tasks and compositions, seen phrasings; seen examples never repeat a train example
     unseen_phrasing      every instruction uses a held-out phrasing of a seen task (in a seen composition, if any)
     unseen_composition   task pairs never composed in train, with seen phrasings
-    long                 seen instructions wrapped in a verbose preamble and closing (50+ characters; savings checks)
+    long                 seen instructions wrapped in a verbose preamble and closing (80+ characters; savings checks)
 
 Which phrasings and compositions are held out is drawn from the seed. `ground_truth.json` records, per example
 and in split order, its tasks, parameters, phrasing ids and connective, plus the tables they index.
@@ -107,11 +107,9 @@ PHRASINGS: dict[str, list[str]] = {
 TASKS = tuple(PHRASINGS)
 REDUCERS = ("count", "first", "last", "min", "max")  # one-symbol outputs: only ever the last task of a composition
 CONNECTIVES = ["{a}, then {b}", "first {a}; after that {b}", "{a} and then {b}"]
-PREAMBLES = [
-    "You will be given a short sequence of lowercase letters separated by spaces. Read it carefully and {instruction}."
-    " Write only the answer, with spaces between the letters.",
-    "Here is a small puzzle about a list of letters written with single spaces between them. Your job is to"
-    " {instruction}, and to reply with nothing but the result.",
+PREAMBLES = [  # about 70 characters around the instruction: 50+ tokens, yet prompt and answer fit 256 positions
+    "Read the letters below, which are separated by spaces, and {instruction}. Answer only.",
+    "Letters follow, one space apart. Your task: {instruction}. Give only the answer.",
 ]
 REPLACEMENTS = "xyz"  # replace targets never occur in inputs
 
