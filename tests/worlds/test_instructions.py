@@ -9,6 +9,7 @@ import pytest
 from backpacklm.errors import BackpackError
 from backpacklm.worlds.instructions import (
     CONNECTIVES,
+    LENGTH_MATCHED,
     PHRASINGS,
     PREAMBLES,
     InstructionWorldConfig,
@@ -96,6 +97,11 @@ def test_every_task_and_composites_present(world):
     assert set(tasks) == set(SMALL.tasks)
     composite = sum(len(t["tasks"]) == 2 for t in world.truth["train"]) / SMALL.n_train
     assert abs(composite - SMALL.composite_fraction) < 0.06
+
+
+def test_one_symbol_tasks_have_length_matched_phrasings():
+    for i in range(len(PHRASINGS["count"])):
+        assert len({len(PHRASINGS[task][i]) for task in LENGTH_MATCHED}) == 1, i
 
 
 def test_long_instructions_are_long(world):

@@ -18,7 +18,7 @@ hold ground truth by construction (Mu et al. 2023 evaluate on seen / unseen inst
     unseen_composition   task pairs never composed in train, with seen phrasings
     long                 seen instructions wrapped in a verbose preamble and closing (80+ characters; savings checks)
 
-Which phrasings and compositions are held out is drawn from the seed. `ground_truth.json` records, per example
+Which phrasing ids (the same for every task) and compositions are held out is drawn from the seed. `ground_truth.json` records, per example
 and in split order, its tasks, parameters, phrasing ids and connective, plus the tables they index.
 """
 
@@ -68,12 +68,13 @@ PHRASINGS: dict[str, list[str]] = {
         "swap each {src} for {dst}",
         "turn the letter {src} into {dst}",
     ],
+    # the one-symbol tasks' phrasing i has the same length for all five (see LENGTH_MATCHED)
     "count": [
-        "count the letters",
-        "how many letters are there",
-        "give the number of letters",
-        "say how many letters the input has",
-        "tell me the length of the sequence",
+        "give the letter count",
+        "say how many letters you see",
+        "write the sequence length",
+        "name how many letters it has",
+        "what is the letter count",
     ],
     "first": [
         "give the first letter",
@@ -83,29 +84,33 @@ PHRASINGS: dict[str, list[str]] = {
         "what is the first letter",
     ],
     "last": [
-        "give the last letter",
-        "say which letter comes last",
-        "write the rightmost letter",
-        "name the letter at the end",
-        "what is the last letter",
+        "give the final letter",
+        "say which letter is the last",
+        "write the trailing letter",
+        "name the letter at the close",
+        "what is the final letter",
     ],
     "min": [
-        "give the earliest letter in the alphabet",
-        "which letter is closest to a",
-        "name the alphabetically smallest letter",
-        "find the lowest letter",
-        "pick the letter nearest the start of the alphabet",
+        "give the least letter",
+        "say which letter is smallest",
+        "write the earliest letter",
+        "name the letter nearest to a",
+        "what is the least letter",
     ],
     "max": [
-        "give the latest letter in the alphabet",
-        "which letter is closest to z",
-        "name the alphabetically largest letter",
-        "find the highest letter",
-        "pick the letter nearest the end of the alphabet",
+        "give the greatest one",
+        "say which letter is greatest",
+        "write the greatest letter",
+        "name the alphabetically last",
+        "what's the latest letter",
     ],
 }
 TASKS = tuple(PHRASINGS)
 REDUCERS = ("count", "first", "last", "min", "max")  # one-symbol outputs: only ever the last task of a composition
+# Phrasing i of each of these tasks has the same length, so a task drawn from them cannot be read off the
+# instruction's length (which models with absolute positions see through the input's position ids, even when a mask
+# hides the instruction itself, as in neg_control).
+LENGTH_MATCHED = REDUCERS
 CONNECTIVES = ["{a}, then {b}", "first {a}; after that {b}", "{a} and then {b}"]
 PREAMBLES = [  # about 70 characters around the instruction: 50+ tokens, yet prompt and answer fit 256 positions
     "Read the letters below, which are separated by spaces, and {instruction}. Answer only.",
@@ -273,9 +278,9 @@ def generate_instruction_world(config: InstructionWorldConfig | None = None) -> 
     config.validate()
     rng = random.Random(config.seed)
     seen_ph, unseen_ph = {}, {}
+    ids = list(range(len(PHRASINGS[TASKS[0]])))
+    rng.shuffle(ids)  # the same phrasing ids are held out for every task (length-matched tasks stay matched)
     for task in config.tasks:
-        ids = list(range(len(PHRASINGS[task])))
-        rng.shuffle(ids)
         unseen_ph[task] = sorted(ids[: config.unseen_phrasings])
         seen_ph[task] = sorted(ids[config.unseen_phrasings :])
     all_ph = {t: seen_ph[t] + unseen_ph[t] for t in config.tasks}
