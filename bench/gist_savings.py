@@ -52,8 +52,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    world = generate_instruction_world(InstructionWorldConfig(n_train=args.n_train, n_eval=args.n_eval, **WORLD))
-    paths = write_instruction_world(world, work / "world")
+    if not (work / "world" / "train.json").is_file():  # reuse: the runs in `work` were trained on these files
+        world = generate_instruction_world(InstructionWorldConfig(n_train=args.n_train, n_eval=args.n_eval, **WORLD))
+        write_instruction_world(world, work / "world")
+    paths = {path.stem: path for path in sorted((work / "world").glob("*.json"))}
     # `long` (instructions of 50+ tokens, beyond the training lengths) is for the savings timing, not for quality
     splits = {name: str(path) for name, path in paths.items() if name not in ("train", "ground_truth", "long")}
     runs = [(c, int(k)) for c, k in (r.split(":") for r in args.runs)] if args.runs else RUNS
