@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "data", "train", "sample", "evaluate", "convert", "demo",
     "senses", "lexsim", "steer", "debias", "edit", "world",
     "heads",
+    "gist",
 ]
 
 

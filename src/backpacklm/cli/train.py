@@ -14,12 +14,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train or resume a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="prepared data directory (backpack data prepare)")
     p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss_curve.png")
+    p.add_argument("--init-from", default=None, help="start from this model directory's weights")
+    add_training_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_training_arguments(p, warmup_steps: int = 100, eval_interval: int = 250, eval_batches: int = 20) -> None:
+    """Model, schedule and run options shared by `backpack train` and `backpack gist train`."""
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--arch", default="backpack", choices=ARCHITECTURES)
     for name, kind in MODEL_FIELDS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help="override the preset")
     p.add_argument("--dropout", type=float, default=None, help="embedding, attention and residual dropout")
-    p.add_argument("--init-from", default=None, help="start from this model directory's weights")
     p.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (default 1000, or the resumed run's)")
     p.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop at this step (schedule unchanged)")
     p.add_argument("--max-minutes", type=float, default=None, help="checkpoint and stop after this wall time")
@@ -28,12 +34,12 @@ def register(subparsers) -> None:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr", type=float, default=None, help="default lr/10")
-    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--warmup-steps", type=int, default=warmup_steps)
     p.add_argument("--decay", default="cosine", choices=["cosine", "linear", "constant"])
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--eval-interval", type=int, default=250)
-    p.add_argument("--eval-batches", type=int, default=20)
+    p.add_argument("--eval-interval", type=int, default=eval_interval)
+    p.add_argument("--eval-batches", type=int, default=eval_batches)
     p.add_argument("--log-interval", type=int, default=10)
     p.add_argument("--checkpoint-interval", type=int, default=None, help="default: eval interval")
     p.add_argument("--seed", type=int, default=1337)
@@ -43,17 +49,15 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
 
 
-def run(args) -> None:
-    from ..train.loop import TrainConfig, train
-
+def training_kwargs(args) -> dict:
+    """TrainConfig fields from the parsed `add_training_arguments` options (plus --out and --init-from)."""
     overrides = {name: getattr(args, name) for name in MODEL_FIELDS if getattr(args, name) is not None}
     if args.dropout is not None:
         overrides.update(resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout)
-    cfg = TrainConfig(
-        data=args.data, out=args.out, preset=args.preset, arch=args.arch, model_overrides=overrides,
+    return dict(
+        out=args.out, preset=args.preset, arch=args.arch, model_overrides=overrides,
         init_from=args.init_from, max_steps=args.max_steps, stop_after=args.stop_after, max_minutes=args.max_minutes,
         batch_size=args.batch_size, block_size=args.block_size, grad_accum=args.grad_accum, lr=args.lr,
         min_lr=args.min_lr, warmup_steps=args.warmup_steps, decay=args.decay, weight_decay=args.weight_decay,
@@ -62,7 +66,16 @@ def run(args) -> None:
         device=args.device, dtype=args.dtype, compile=args.compile, threads=args.threads, resume=args.resume,
         progress=not args.no_progress,
     )
-    summary = train(cfg)
+
+
+def run(args) -> None:
+    from ..train.loop import TrainConfig, train
+
+    summary = train(TrainConfig(data=args.data, **training_kwargs(args)))
+    report(summary)
+
+
+def report(summary: dict) -> None:
     if summary.get("checkpoint"):
         val = summary["val_loss"]
         print(f"trained to step {summary['step']}: val loss {val:.4f} nats/token "

@@ -1,13 +1,22 @@
-"""`backpack world senses --out DIR`: a synthetic corpus with planted structure and its ground truth."""
+"""`backpack world <kind> --out DIR`: write a synthetic corpus with planted structure and its ground truth JSON.
+
+Kinds: `senses` (topics, polysemous words, pronoun rates, facts) and `instructions` (Alpaca-format tasks for gists).
+"""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
 def register(subparsers) -> None:
-    world = subparsers.add_parser("world", help="generate synthetic corpora with known ground truth")
-    kinds = world.add_subparsers(dest="world_kind", required=True, metavar="senses")
+    world = subparsers.add_parser("world", help="generate synthetic data with known ground truth")
+    kinds = world.add_subparsers(dest="world_kind", required=True, metavar="senses|instructions")
+    _register_senses(kinds)
+    _register_instructions(kinds)
+
+
+def _register_senses(kinds) -> None:
     senses = kinds.add_parser(
         "senses", help="topics, polysemous words, planted pronoun rates and facts (for the sense methods)",
         description="Write DIR/world.txt (one document per line) and DIR/truth.json; with --prepare, also tokenize "
@@ -30,3 +39,46 @@ def run_senses(args) -> None:
     if args.prepare:
         meta = prepare_world(args.out, args.out / "data")
         print(f"prepared {args.out}/data: {meta['n_train_tokens']:,} train tokens, vocab {meta['vocab_size']}")
+
+
+def _register_instructions(kinds) -> None:
+    from ..worlds.instructions import TASKS, InstructionWorldConfig
+
+    d = InstructionWorldConfig()
+    p = kinds.add_parser(
+        "instructions",
+        help="instruction data (Alpaca JSON) a tiny char-level model can learn, for gist tokens",
+        description="Write DIR/{train,seen,unseen_phrasing,unseen_composition,long}.json (Alpaca format) and "
+        "DIR/ground_truth.json (each example's tasks, parameters, phrasings).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--n-train", type=int, default=d.n_train, help="training examples")
+    p.add_argument("--n-eval", type=int, default=d.n_eval, help="examples per evaluation split")
+    p.add_argument("--tasks", default=",".join(d.tasks), help=f"comma-separated subset of {','.join(TASKS)}")
+    p.add_argument("--letters", default=d.letters, help="input alphabet (inputs use distinct letters)")
+    p.add_argument("--min-len", type=int, default=d.min_len, help="shortest input, in letters")
+    p.add_argument("--max-len", type=int, default=d.max_len, help="longest input, in letters")
+    p.add_argument("--composite-fraction", type=float, default=d.composite_fraction, help="share of two-task examples")
+    p.add_argument("--unseen-phrasings", type=int, default=d.unseen_phrasings, help="held-out phrasings per task")
+    p.add_argument(
+        "--unseen-compositions", type=float, default=d.unseen_compositions, help="share of task pairs held out"
+    )
+    p.set_defaults(func=run_instructions)
+
+
+def run_instructions(args: argparse.Namespace) -> None:
+    from ..worlds.instructions import InstructionWorldConfig, generate_instruction_world, write_instruction_world
+
+    config = InstructionWorldConfig(
+        seed=args.seed, n_train=args.n_train, n_eval=args.n_eval,
+        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), letters=args.letters,
+        min_len=args.min_len, max_len=args.max_len, composite_fraction=args.composite_fraction,
+        unseen_phrasings=args.unseen_phrasings, unseen_compositions=args.unseen_compositions,
+    )
+    world = generate_instruction_world(config)
+    paths = write_instruction_world(world, args.out)
+    sizes = ", ".join(f"{split} {len(records)}" for split, records in world.splits.items())
+    print(f"{sizes} examples; held-out compositions: {len(world.unseen_compositions)}")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -1,6 +1,9 @@
 """The training loop: AdamW, warmup + decay, clipping, accumulation, autocast, periodic validation, checkpoints,
 exact resume, and data parallelism under torchrun.
 
+The batches come from a source: `TokenWindows` (random windows of a prepared corpus, the default) or any object with
+the same methods (e.g. `backpacklm.gist.train.InstructionBatches`: left-padded instruction batches with gist masks).
+
 Data parallelism draws one global batch per micro-step from a generator that every rank seeds identically, and each
 rank takes its own slice, so a 2-process run sees exactly the batches of a 1-process run with twice the batch size.
 """
@@ -88,6 +91,36 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
     return float(-log_p[np.asarray(val)].mean())
 
 
+class TokenWindows:
+    """Batch source over a prepared data folder: random windows for training, consecutive windows for validation.
+
+    A source has `meta` (vocab_size, eot_id, n_train_tokens, ...), `tokenizer`, `prepare_model(model, fresh)`,
+    `train_batch(n, block_size, generator)` -> forward kwargs with labels, `val_loss(model, block_size, batch_size,
+    max_batches, device)` and `unigram_baseline(vocab_size)`.
+    """
+
+    def __init__(self, data_dir: str):
+        self.data = TokenData(data_dir)
+        self.meta = self.data.meta
+
+    @property
+    def tokenizer(self):
+        return self.data.tokenizer
+
+    def prepare_model(self, model, fresh: bool) -> None:
+        """Nothing to adapt: the model's vocabulary already follows the data."""
+
+    def train_batch(self, n: int, block_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        batch = sample_batch(self.data.train, n, block_size, generator)
+        return {"input_ids": batch, "labels": batch}
+
+    def val_loss(self, model, block_size: int, batch_size: int, max_batches: int, device) -> float:
+        return mean_loss(model, self.data.val, block_size, batch_size, max_batches, device)
+
+    def unigram_baseline(self, vocab_size: int) -> float:
+        return unigram_loss(self.data.train, self.data.val, vocab_size)
+
+
 class StopRequest:
     """First Ctrl-C (or SIGTERM) asks the loop to checkpoint and stop at the end of the current step."""
 
@@ -120,8 +153,9 @@ def _autocast(device: str, dtype: str):
     return (lambda: torch.autocast(device.split(":")[0], dtype=amp_dtype)), scaler
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) a run in `cfg.out`; returns the final summary (also written to summary.json)."""
+def train(cfg: TrainConfig, source=None) -> dict:
+    """Train (or resume) a run in `cfg.out` on `source` (default: `TokenWindows(cfg.data)`); returns the final
+    summary (also written to summary.json)."""
     env = distributed.setup(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -129,14 +163,13 @@ def train(cfg: TrainConfig) -> dict:
     if env.device == "cpu":  # bitwise-reproducible runs (and so exact resume); some CPU kernels vary otherwise
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(cfg, env)
+        return _train(cfg, env, source if source is not None else TokenWindows(cfg.data))
     finally:
         torch.use_deterministic_algorithms(deterministic)
         distributed.teardown(env)
 
 
-def _train(cfg: TrainConfig, env: distributed.Distributed) -> dict:
-    data = TokenData(cfg.data)
+def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     run_dir = Path(cfg.out)
     checkpoint = latest_checkpoint(run_dir)
     state: dict = {}
@@ -165,14 +198,16 @@ def _train(cfg: TrainConfig, env: distributed.Distributed) -> dict:
             model, _ = load_model(cfg.init_from)
         else:
             model = build_model(model_config(cfg, data.meta), cfg.arch)
+    data.prepare_model(model, fresh=not cfg.resume)
     config = model.config
     if len(data.tokenizer) > config.vocab_size:
         raise BackpackError(f"the data's tokenizer has {len(data.tokenizer)} tokens; the model only {config.vocab_size}")
 
     max_steps = cfg.max_steps or state.get("max_steps") or 1000
-    block_size = cfg.block_size or state.get("block_size") or config.n_positions
-    if block_size > config.n_positions:
-        raise BackpackError(f"block size {block_size} exceeds the model's {config.n_positions} positions")
+    positions = getattr(config, "n_positions", None) or config.max_position_embeddings  # GPT-2 / Llama names
+    block_size = cfg.block_size or state.get("block_size") or positions
+    if block_size > positions:
+        raise BackpackError(f"block size {block_size} exceeds the model's {positions} positions")
     if cfg.batch_size % (env.world_size * cfg.grad_accum):
         raise BackpackError(
             f"batch size {cfg.batch_size} must be divisible by processes ({env.world_size}) x accumulation ({cfg.grad_accum})"
@@ -206,7 +241,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, step)
         (run_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    baseline = unigram_loss(data.train, data.val, config.vocab_size)
+    baseline = data.unigram_baseline(config.vocab_size)
 
     def checkpoint_now(val_loss: float | None):
         rng = {"rng.data": generator.get_state(), "rng.torch.0": torch.get_rng_state()}
@@ -220,7 +255,6 @@ def _train(cfg: TrainConfig, env: distributed.Distributed) -> dict:
             )
         distributed.barrier(env)
 
-    tokens_per_step = cfg.batch_size * block_size
     start_time, window_start, window_tokens = time.time(), time.time(), 0
     last_val = state.get("val_loss")
     bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (cfg.progress and env.is_main),
@@ -232,11 +266,12 @@ def _train(cfg: TrainConfig, env: distributed.Distributed) -> dict:
                 group["lr"] = lr
             step_loss = 0.0
             for micro in range(cfg.grad_accum):
-                batch = sample_batch(data.train, micro_batch, block_size, generator)
-                batch = batch[env.rank * per_rank:(env.rank + 1) * per_rank].to(device)
+                batch = data.train_batch(micro_batch, block_size, generator)
+                window_tokens += batch["input_ids"].numel()
+                batch = {k: v[env.rank * per_rank:(env.rank + 1) * per_rank].to(device) for k, v in batch.items()}
                 sync = contextlib.nullcontext() if (not env.enabled or micro == cfg.grad_accum - 1) else train_model.no_sync()
                 with sync, autocast():
-                    loss = train_model(input_ids=batch, labels=batch, use_cache=False).loss / cfg.grad_accum
+                    loss = train_model(**batch, use_cache=False).loss / cfg.grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.item()
             step_loss = distributed.mean_across(env, step_loss)
@@ -255,7 +290,6 @@ def _train(cfg: TrainConfig, env: distributed.Distributed) -> dict:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            window_tokens += tokens_per_step
 
             record = None
             if step % cfg.log_interval == 0 or step == max_steps:
@@ -268,7 +302,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed) -> dict:
             stopping = (step == max_steps or step == cfg.stop_after
                         or distributed.mean_across(env, float(stop.requested or out_of_time)) > 0)
             if step % cfg.eval_interval == 0 or stopping:
-                last_val = mean_loss(model, data.val, block_size, per_rank or 1, cfg.eval_batches, device)
+                last_val = data.val_loss(model, block_size, per_rank or 1, cfg.eval_batches, device)
                 best = min(best, last_val)
                 record = {**(record or {"step": step, "lr": lr, "train_loss": step_loss,
                                         "elapsed_s": time.time() - start_time}), "val_loss": last_val}
