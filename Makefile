@@ -1,7 +1,8 @@
 # Set-up and the two commands of the README. Everything installs into .venv.
 #   make demo    train a tiny Backpack on Shakespeare (CPU, ~4 minutes) and show samples and senses
 #   make test    run the test suite
-#   make bench   run the benchmarks (writes bench/results/*.json)
+#   make bench   run the benchmarks (writes bench/results/*.json); the longer experiment scripts
+#                (bench/senses_world.py, topic_control.py, heads_example.py, gist_savings.py, gist_world.py) run by hand
 # On another machine pick your own torch build, e.g. `make test TORCH_SPEC="torch==2.5.1"`.
 
 PYTHON      ?= python3
@@ -32,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	for script in bench/naive_backpack.py bench/train_throughput.py bench/generation.py bench/train_memory.py bench/profile_train.py; do $(BIN)/python $$script || exit 1; done
+	for script in bench/naive_backpack.py bench/train_throughput.py bench/generation.py bench/train_memory.py bench/profile_train.py bench/heads_importance.py; do $(BIN)/python $$script || exit 1; done
 	$(BIN)/python bench/report.py
 
 clean:

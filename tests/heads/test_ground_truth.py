@@ -27,10 +27,12 @@ def test_induction_heads_form_and_matter(induction_model):
     base = repeated_loss(model, ids, 6)
     rise = {(l, h): repeated_loss(model, ids, 6, head_mask_without(adapter, [(l, h)])) - base
             for l in range(adapter.num_layers) for h in range(adapter.num_heads)}
-    # "a random head" is drawn from the top head's own layer: the layer-1 heads are the previous-token half of the
-    # same induction circuit (their ablation hurts too; it is not a random head in the sense of the claim)
+    # a random head: in expectation over all other heads (measured 1.14 vs 0.44 nats), and within its own layer
+    # (layer-1 heads are the previous-token half of the same circuit, so single ones can hurt as much)
+    others = [r for key, r in rise.items() if key != (layer, head)]
     same_layer = [rise[(layer, h)] for h in range(adapter.num_heads) if h != head]
     assert rise[(layer, head)] > 0.2  # nats per repeated token
+    assert rise[(layer, head)] > 2 * np.mean(others)
     assert rise[(layer, head)] > 3 * np.mean(same_layer)
     # capacity: pruning by prefix-matching itself keeps the induction heads longest
     cap = capacity_retained(scores.prefix_matching, scores.prefix_matching, (0, 50, 75))
