@@ -10,6 +10,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .atomic import replacing  # noqa: E402
+
+
+def save_figure(fig, png_path: Path, dpi: int = 120) -> Path:
+    """Lay out, write atomically as PNG, and close the figure."""
+    png_path = Path(png_path)
+    fig.tight_layout()
+    with replacing(png_path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return png_path
+
 
 def loss_curve(metrics_path: Path, png_path: Path, baseline: float | None = None) -> Path:
     """Training and validation loss (nats/token) against step, from a metrics.jsonl file."""
@@ -27,7 +39,4 @@ def loss_curve(metrics_path: Path, png_path: Path, baseline: float | None = None
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return Path(png_path)
+    return save_figure(fig, png_path)

@@ -26,7 +26,7 @@ from transformers import DynamicCache
 
 from ..atomic import replacing
 from ..errors import BackpackError
-from .data import left_pad
+from ..data.batching import pad_rows
 from .layout import GIST_TOKEN, encode_instruction, encode_tail, GistExample
 from .masks import allowed_attention, padded_position_ids, to_additive
 
@@ -179,7 +179,7 @@ def compress_ids(model, prompts: list[list[int]], gist_id: int, keep: str = "gis
     chunks: list[CompressedPrompts] = []
     for start in range(0, len(prompts), batch_size):
         rows = prompts[start:start + batch_size]
-        ids, padding = left_pad(rows, pad=0)  # padding is masked: any id will do
+        ids, padding = pad_rows(rows, 0, "left")  # padding is masked: any id will do
         ids, padding = ids.to(device), padding.to(device)
         mask = to_additive(allowed_attention(ids, gist_id, "gist", padding), _dtype(model))
         _check_positions(model, padded_position_ids(padding))
@@ -279,7 +279,7 @@ def prefill_compressed(model, compressed: CompressedPrompts, tails: list[list[in
     """Read `tails[b]` after compressed prompt b: positions continue from its end; the tail sees the stored prefix
     (unless `see_prefix` is False: the neg_control condition) and its own earlier tokens."""
     device = _device(model)
-    ids, padding = left_pad(tails, pad_id)
+    ids, padding = pad_rows(tails, pad_id, "left")
     ids, padding = ids.to(device), padding.to(device)
     valid = compressed.valid.to(device) & see_prefix
     cache = DynamicCache(ddp_cache_data=[(k.to(device).clone(), v.to(device).clone()) for k, v in compressed.layers])
@@ -299,7 +299,7 @@ def prefill_compressed(model, compressed: CompressedPrompts, tails: list[list[in
 def prefill_uncached(model, prompts: list[list[int]], gist_id: int | None, condition: str, pad_id: int) -> PrefilledBatch:
     """Read whole prompts (instruction, gists, input) with the condition's mask: the no-caching path."""
     device = _device(model)
-    ids, padding = left_pad(prompts, pad_id)
+    ids, padding = pad_rows(prompts, pad_id, "left")
     ids, padding = ids.to(device), padding.to(device)
     allowed = allowed_attention(ids, gist_id, condition, padding)
     positions = padded_position_ids(padding)

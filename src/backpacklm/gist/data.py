@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.batching import pad_rows
 from ..errors import BackpackError
 from .layout import IGNORE, EncodedExample, GistExample
 from .masks import gist_attention_mask, padded_position_ids
@@ -78,23 +79,11 @@ class GistBatch:
                                                   self.attention_mask, self.position_ids)))
 
 
-def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids [batch, max_len], padding_mask [batch, max_len] True on real tokens), rows right-aligned."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = True
-    return ids, mask
-
-
 def collate(examples: list[EncodedExample], pad_id: int, gist_id: int | None, condition: str = "gist",
             dtype: torch.dtype = torch.float32) -> GistBatch:
     """Left-pad encoded examples into one batch with the `condition` mask."""
-    input_ids, padding_mask = left_pad([e.input_ids for e in examples], pad_id)
-    labels, _ = left_pad([e.labels for e in examples], IGNORE)
+    input_ids, padding_mask = pad_rows([e.input_ids for e in examples], pad_id, "left")
+    labels, _ = pad_rows([e.labels for e in examples], IGNORE, "left")
     return GistBatch(
         input_ids=input_ids,
         labels=labels,

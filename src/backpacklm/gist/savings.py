@@ -164,10 +164,7 @@ def measure_savings(model, tokenizer, examples: list[GistExample], batch_sizes=(
 def quality_vs_compression_png(evaluations, mean_instruction_tokens: float, path, split: str | None = None):
     """ROUGE-L of gist models against compression ratio (instruction tokens / k), with pos_control and neg_control
     as reference lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure
 
     split = split or next(iter(evaluations[0].splits))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -186,7 +183,4 @@ def quality_vs_compression_png(evaluations, mean_instruction_tokens: float, path
     ax.set_ylabel(f"ROUGE-L on {split}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -30,6 +30,7 @@ from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..data.tokenizers import encode_strict
+from ..data.batching import pad_rows
 from ..errors import BackpackError
 from .layout import IGNORE, INPUT_TEMPLATE, GistExample, eos_id, encode_instruction
 from .masks import CONDITIONS, gist_bounds, to_additive
@@ -56,17 +57,6 @@ def t5_encode_example(tokenizer, example: GistExample, num_gists: int) -> T5Enco
     return T5Encoded(encode_instruction(tokenizer, example.instruction, num_gists), segment + [eos], target)
 
 
-def right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids [batch, max_len], padding_mask [batch, max_len] True on real tokens), rows left-aligned (T5 style)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = True
-    return ids, mask
-
-
 @dataclass
 class T5Batch:
     """input_ids, padding_mask: [batch, src_pos]; labels: [batch, tgt_pos] (IGNORE on padding)."""
@@ -77,8 +67,8 @@ class T5Batch:
 
 
 def t5_collate(examples: list[T5Encoded], pad_id: int) -> T5Batch:
-    input_ids, padding_mask = right_pad([e.source for e in examples], pad_id)
-    labels, _ = right_pad([e.target for e in examples], IGNORE)
+    input_ids, padding_mask = pad_rows([e.source for e in examples], pad_id, "right")
+    labels, _ = pad_rows([e.target for e in examples], IGNORE, "right")
     return T5Batch(input_ids, padding_mask, labels)
 
 
@@ -191,7 +181,7 @@ def t5_compress(model, prefixes: list[list[int]], gist_id: int) -> T5CompressedP
     if len(counts) != 1:
         raise BackpackError(f"prompts compressed together must have the same number of gists, got {sorted(counts)}")
     k = counts.pop()
-    ids, real = right_pad(prefixes, gist_id)
+    ids, real = pad_rows(prefixes, gist_id, "right")
     dtype = model.get_input_embeddings().weight.dtype
     mask = to_additive(real.view(len(prefixes), 1, 1, -1).expand(-1, 1, ids.shape[1], -1), dtype)
     cache = DynamicCache()
@@ -216,7 +206,7 @@ def t5_encode_from_compressed(
         raise BackpackError(f"{len(segments)} inputs for {prompt.hidden.shape[0]} compressed prompts")
     if any(len(s) == 0 for s in segments):
         raise BackpackError("an input segment is empty (it holds at least the end-of-text token)")
-    ids, real = right_pad(segments, pad_id)
+    ids, real = pad_rows(segments, pad_id, "right")
     ids, real = ids.to(prompt.hidden.device), real.to(prompt.hidden.device)
     batch, k = prompt.hidden.shape[:2]
     keys_real = torch.cat([torch.ones(batch, k, dtype=torch.bool, device=real.device), real], 1)

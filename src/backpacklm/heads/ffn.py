@@ -44,7 +44,7 @@ class FFNImportance:
 
     def save(self, out_dir: str | Path, name: str = "ffn_importance") -> dict[str, Path]:
         """<name>.json and a bar chart <name>.png."""
-        from .plots import plt, _save
+        from ..plots import plt, save_figure
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ class FFNImportance:
         ax.set_title(f"FFN importance{' - ' + self.task if self.task else ''} (full accuracy {self.accuracy:.3f})",
                      fontsize=10)
         ax.grid(alpha=0.3, axis="y")
-        _save(fig, paths["png"])
+        save_figure(fig, paths["png"])
         return paths
 
 

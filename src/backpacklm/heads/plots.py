@@ -6,17 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import replacing
-from ..plots import plt
-
-
-def _save(fig, png_path: Path) -> Path:
-    png_path = Path(png_path)
-    fig.tight_layout()
-    with replacing(png_path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return png_path
+from ..plots import plt, save_figure
 
 
 def head_heatmap(values, png_path: Path, title: str = "", cmap: str = "viridis", annotate: bool | None = None) -> Path:
@@ -36,7 +26,7 @@ def head_heatmap(values, png_path: Path, title: str = "", cmap: str = "viridis",
             ax.text(head, layer, f"{v:.2g}", ha="center", va="center", fontsize=7,
                     color="black" if v > middle else "white")
     ax.set_title(title, fontsize=10)
-    return _save(fig, png_path)
+    return save_figure(fig, png_path)
 
 
 def pruning_curves(curves: dict[str, tuple[list[float], list[float]]], png_path: Path, xlabel: str,
@@ -53,7 +43,7 @@ def pruning_curves(curves: dict[str, tuple[list[float], list[float]]], png_path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    return _save(fig, png_path)
+    return save_figure(fig, png_path)
 
 
 def pruning_grid(accuracy, head_percents, ffn_percents, png_path: Path, title: str = "") -> Path:
@@ -69,4 +59,4 @@ def pruning_grid(accuracy, head_percents, ffn_percents, png_path: Path, title: s
     for (i, j), v in np.ndenumerate(accuracy):
         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
     ax.set_title(title, fontsize=10)
-    return _save(fig, png_path)
+    return save_figure(fig, png_path)

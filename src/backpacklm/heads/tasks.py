@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import replacing
+from ..data.batching import pad_rows
 from ..errors import BackpackError
 
 NORMALIZATIONS = ("none", "token", "char")
@@ -309,15 +310,8 @@ def pad_batch(sequences: list[list[int]], pad: int, side: str = "right") -> tupl
     """(input_ids, attention_mask, position_ids), each [batch, pos], for token lists of different lengths.
 
     position_ids count only real tokens (0 at each sequence's first token), so left padding changes nothing."""
-    if side not in ("left", "right"):
-        raise BackpackError(f"padding side must be 'left' or 'right', got {side!r}")
-    width = max(map(len, sequences))
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
-        ids[row, span] = torch.tensor(seq, dtype=torch.long)
-        mask[row, span] = 1
+    ids, real = pad_rows(sequences, pad, side)
+    mask = real.long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, positions
 

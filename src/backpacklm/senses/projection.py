@@ -88,7 +88,7 @@ def format_projection(projection: SenseProjection, top: int = 6) -> str:
 def projection_heatmap(projections: list[SenseProjection], png_path: str | Path, top: int = 3) -> Path:
     """Words x senses heatmap: colour = the sense's largest logit contribution, each cell labelled with the
     sense's top raised tokens."""
-    from ..plots import plt
+    from ..plots import plt, save_figure
 
     k = len(projections[0].raised)
     values = [[sense[0][1] for sense in p.raised] for p in projections]
@@ -102,7 +102,4 @@ def projection_heatmap(projections: list[SenseProjection], png_path: str | Path,
     ax.set_yticks(range(len(projections)), [p.word for p in projections], fontsize=8)
     fig.colorbar(image, ax=ax, label="top logit raised")
     ax.set_title("sense projections: top raised tokens per sense")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=130)
-    plt.close(fig)
-    return Path(png_path)
+    return save_figure(fig, png_path, dpi=130)

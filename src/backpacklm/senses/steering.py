@@ -157,10 +157,7 @@ def evaluate_steering(models: dict, tokenizer, topics: Sequence[Topic], strength
 
 def plot_steering(report: SteeringReport, path) -> None:
     """PNG: in-vocabulary share and perplexity against strength, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure
 
     summary = report.summary()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -172,6 +169,4 @@ def plot_steering(report: SteeringReport, path) -> None:
         ax.set_xlabel("strength")
         ax.set_title(title)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
