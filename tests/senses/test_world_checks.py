@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from backpacklm.senses.debias import debias
-from backpacklm.senses.edit import SenseEdit, edit_overrides, load_edits, measure_edit, save_edits
+from backpacklm.senses.edit import SenseEdit, edit_overrides, load_edits, measure_edit
 from backpacklm.senses.projection import sense_projection
 from backpacklm.senses.similarity import nearest_neighbours, sense_similarity
 from tests.helpers import run_cli

@@ -14,7 +14,6 @@ from backpacklm.worlds.instructions import (
     PREAMBLES,
     InstructionWorldConfig,
     generate_instruction_world,
-    write_instruction_world,
 )
 from tests.helpers import run_cli
 

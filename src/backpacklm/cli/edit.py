@@ -4,7 +4,6 @@ typed on stdin with and without the edit (like the paper's MacBook -> HP demo)."
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

@@ -22,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.nn import functional as F
 from transformers import DynamicCache
 
 from ..errors import BackpackError
