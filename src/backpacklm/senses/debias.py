@@ -182,14 +182,8 @@ def debias_backpack(model, tokenizer, professions: list[tuple[str, int]], templa
                        use_cache=False).logits
         return bias_of(logits, prompts.last, he, she)
 
-    per_method: dict[str, list[ProfessionBias]] = {"Unmodified": [], "Remove-Sense": [], "Optimize-Sense": []}
-    for name, token in professions:
-        train, test = (PromptSet(tokenizer, name, token, templates[s]) for s in ("train", "test"))
-        scale = _fit_scale(lambda s: bias(train, s))
-        per_method["Unmodified"].append(ProfessionBias(name, round(bias(test, 1.0), 4)))
-        per_method["Remove-Sense"].append(ProfessionBias(name, round(bias(test, 0.0), 4), 0.0))
-        per_method["Optimize-Sense"].append(ProfessionBias(name, round(bias(test, scale), 4), round(scale, 4)))
-    return _summaries("backpack", per_method)
+    return _summaries("backpack", _per_profession(bias, tokenizer, professions, templates,
+                                                  "Remove-Sense", "Optimize-Sense"))
 
 
 @torch.no_grad()
@@ -207,14 +201,22 @@ def debias_transformer(model, tokenizer, professions: list[tuple[str, int]], tem
         logits = model(inputs_embeds=embeds, use_cache=False).logits
         return bias_of(logits, prompts.last, he, she)
 
-    per_method: dict[str, list[ProfessionBias]] = {"Unmodified": [], "Project-Nullspace": [], "Optimize-Nullspace": []}
+    return _summaries("transformer", _per_profession(bias, tokenizer, professions, templates,
+                                                     "Project-Nullspace", "Optimize-Nullspace"))
+
+
+def _per_profession(bias, tokenizer, professions, templates, removed: str,
+                    optimized: str) -> dict[str, list[ProfessionBias]]:
+    """Test-prompt bias per profession: unmodified (scale 1), removed (scale 0), and at the scale fitted on the
+    train prompts. `bias(prompts, scale)` applies the method's intervention."""
+    per_method: dict[str, list[ProfessionBias]] = {"Unmodified": [], removed: [], optimized: []}
     for name, token in professions:
         train, test = (PromptSet(tokenizer, name, token, templates[s]) for s in ("train", "test"))
         scale = _fit_scale(lambda s: bias(train, s))
         per_method["Unmodified"].append(ProfessionBias(name, round(bias(test, 1.0), 4)))
-        per_method["Project-Nullspace"].append(ProfessionBias(name, round(bias(test, 0.0), 4), 0.0))
-        per_method["Optimize-Nullspace"].append(ProfessionBias(name, round(bias(test, scale), 4), round(scale, 4)))
-    return _summaries("transformer", per_method)
+        per_method[removed].append(ProfessionBias(name, round(bias(test, 0.0), 4), 0.0))
+        per_method[optimized].append(ProfessionBias(name, round(bias(test, scale), 4), round(scale, 4)))
+    return per_method
 
 
 def debias(models: list, tokenizer, professions: list[str] | None = None, templates: dict | None = None,
