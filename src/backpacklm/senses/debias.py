@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.prepare import read_document
 from ..errors import BackpackError
 from .words import single_token_id
 
@@ -80,10 +81,7 @@ class DebiasReport:
 
 def read_lines(path: str | Path, what: str) -> list[str]:
     """Non-empty, non-comment lines of a file (professions or templates)."""
-    try:
-        lines = [l.strip() for l in Path(path).read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise BackpackError(f"{path}: cannot read {what} ({err})") from None
+    lines = [l.strip() for l in read_document(Path(path)).splitlines()]
     lines = [l for l in lines if l and not l.startswith("#")]
     if not lines:
         raise BackpackError(f"{path}: no {what} in the file")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from ..data.prepare import read_document
 from ..errors import BackpackError
 from .words import word_ids
 
@@ -51,12 +52,7 @@ def _split(line: str) -> list[str]:
 def load_pairs(path: str | Path, name: str | None = None) -> WordPairs:
     """Read any of the formats in the module docstring; a malformed line is a one-line error naming file and line."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as err:
-        raise BackpackError(f"{path}: cannot read ({err.strerror})") from None
-    except UnicodeDecodeError as err:
-        raise BackpackError(f"{path}: not UTF-8 text (invalid byte at offset {err.start})") from None
+    text = read_document(path)
     pairs, scores = [], []
     for number, raw in enumerate(text.splitlines(), start=1):  # splitlines drops \r\n and \n alike
         line = raw.strip()
