@@ -3,7 +3,7 @@ one task evaluation per layer, the FFN block's output zeroed by `masking(ffn_mas
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,11 @@ from ..atomic import write_json_atomic
 from ..errors import BackpackError
 from .adapters import adapter_for
 from .gates import ffn_mask_without, masking
+from .scores import ScoreTable
 
 
 @dataclass
-class FFNImportance:
+class FFNImportance(ScoreTable):
     """scores [layer] = accuracy - accuracy_without[layer] (positive: the task needs that FFN)."""
 
     scores: np.ndarray
@@ -29,18 +30,6 @@ class FFNImportance:
     def ranking(self) -> list[int]:
         """Layers from most to least important (ties: lower layer first)."""
         return [int(i) for i in np.argsort(-np.asarray(self.scores, dtype=np.float64), kind="stable")]
-
-    def to_dict(self) -> dict:
-        payload = asdict(self)
-        payload["scores"] = np.asarray(self.scores).tolist()
-        payload["ranking"] = self.ranking()
-        return payload
-
-    @classmethod
-    def from_dict(cls, payload: dict) -> "FFNImportance":
-        fields = {k: v for k, v in payload.items() if k in cls.__dataclass_fields__}
-        fields["scores"] = np.asarray(payload["scores"], dtype=np.float64)
-        return cls(**fields)
 
     def save(self, out_dir: str | Path, name: str = "ffn_importance") -> dict[str, Path]:
         """<name>.json and a bar chart <name>.png."""

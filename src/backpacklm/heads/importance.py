@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -32,13 +32,14 @@ from ..atomic import replacing, write_json_atomic
 from ..errors import BackpackError
 from .adapters import adapter_for
 from .gates import frozen_parameters, masking, probing
+from .scores import ScoreTable
 
 METHODS = ("token", "gate")
 NORMALIZATIONS = ("none", "layer")
 
 
 @dataclass
-class HeadImportance:
+class HeadImportance(ScoreTable):
     """scores [layer, head] (higher = more important) and how they were computed."""
 
     scores: np.ndarray
@@ -60,17 +61,10 @@ class HeadImportance:
         heads = self.scores.shape[1]
         return [(int(i) // heads, int(i) % heads) for i in order]
 
-    def to_dict(self) -> dict:
-        payload = asdict(self)
-        payload["scores"] = np.asarray(self.scores).tolist()
-        payload["ranking"] = [f"{layer}.{head}" for layer, head in self.ranking()]
-        return payload
-
-    @classmethod
-    def from_dict(cls, payload: dict) -> "HeadImportance":
-        fields = {k: v for k, v in payload.items() if k in cls.__dataclass_fields__}
-        fields["scores"] = np.asarray(payload["scores"], dtype=np.float64)
-        return cls(**fields)
+    @staticmethod
+    def ranking_label(entry: tuple[int, int]) -> str:
+        layer, head = entry
+        return f"{layer}.{head}"
 
     def save(self, out_dir: str | Path, name: str = "importance") -> dict[str, Path]:
         """Write <name>.json, <name>.npy and <name>.png (heatmap) into out_dir; returns the paths."""
