@@ -126,6 +126,9 @@ def t5_gist_masks(
 def _check_t5(model) -> None:
     if not getattr(model.config, "is_encoder_decoder", False) or not hasattr(model, "encoder"):
         raise BackpackError(f"{type(model).__name__} is not an encoder-decoder (T5) model")
+    missing = [name for name in ("decoder_start_token_id", "pad_token_id") if getattr(model.config, name, None) is None]
+    if missing:
+        raise BackpackError(f"the T5 config has no {' / '.join(missing)} (needed to start and pad targets)")
 
 
 def t5_gist_encode(model, input_ids, padding_mask, gist_id, condition="gist") -> tuple[BaseModelOutput, torch.Tensor]:
@@ -233,6 +236,7 @@ class T5Prefilled:
 @torch.no_grad()
 def t5_prefill(model, encoder_outputs: BaseModelOutput, cross_mask: torch.Tensor) -> T5Prefilled:
     """First decoder step (the decoder start token) on given encoder outputs."""
+    _check_t5(model)
     batch = cross_mask.shape[0]
     start = torch.full((batch, 1), model.config.decoder_start_token_id, dtype=torch.long, device=cross_mask.device)
     out = model(encoder_outputs=encoder_outputs, attention_mask=cross_mask, decoder_input_ids=start,
