@@ -28,6 +28,7 @@ import torch
 from .cache import (SamplingConfig, compress, decode, num_gists_of, prefill_compressed, prefill_uncached, prompt_ids,
                     tail_ids)
 from .layout import GistExample, gist_token_id
+from .t5 import is_encoder_decoder
 
 METHODS = ("no_cache", "instruction_cache", "gist_cache")
 
@@ -65,7 +66,7 @@ def t5_forward_flops(model, n_new: int, n_context: int) -> float:
 
 def forward_flops(model, n_new: int, n_context: int) -> float:
     """Analytic FLOPs to run n_new tokens after n_context cached positions (module docstring)."""
-    if getattr(model.config, "is_encoder_decoder", False):
+    if is_encoder_decoder(model):
         return t5_forward_flops(model, n_new, n_context)
     layers, d, vocab, senses = _dims(model)
     pairs = n_new * n_context + n_new * (n_new + 1) / 2  # (query, key) pairs attended

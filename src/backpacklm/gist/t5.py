@@ -55,6 +55,7 @@ class T5Encoded:
 
 
 def is_encoder_decoder(model) -> bool:
+    """Whether `model` is an encoder-decoder (T5): the shared gist entry points dispatch on this."""
     return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
@@ -123,7 +124,8 @@ def t5_gist_masks(
     return to_additive(encoder, dtype), cross.long()
 
 
-def _check_t5(model) -> None:
+def check_t5(model) -> None:
+    """A one-line error unless `model` is an encoder-decoder with the ids needed to start and pad targets."""
     if not getattr(model.config, "is_encoder_decoder", False) or not hasattr(model, "encoder"):
         raise BackpackError(f"{type(model).__name__} is not an encoder-decoder (T5) model")
     missing = [name for name in ("decoder_start_token_id", "pad_token_id") if getattr(model.config, name, None) is None]
@@ -134,7 +136,7 @@ def _check_t5(model) -> None:
 def t5_gist_encode(model, input_ids, padding_mask, gist_id, condition="gist") -> tuple[BaseModelOutput, torch.Tensor]:
     """Gist-masked encoder: (encoder outputs, last_hidden_state [batch, src_pos, d_model]; cross key mask
     [batch, src_pos]) to pass to the decoder as `encoder_outputs=` and `attention_mask=`."""
-    _check_t5(model)
+    check_t5(model)
     dtype = model.get_input_embeddings().weight.dtype
     encoder_mask, cross = t5_gist_masks(input_ids, gist_id, condition, padding_mask, dtype)
     return model.encoder(input_ids=input_ids, attention_mask=encoder_mask), cross
@@ -179,7 +181,7 @@ def t5_compress_rows(model, prefixes: list[list[int]], num_gists: int, keep: str
 
     Returns (layers: per encoder layer (keys, values) [batch, head, stored, d_kv]; valid [batch, stored] bool;
     encoder_hidden [batch, stored, d_model], final encoder outputs). `cache.compress_ids` checks the prefixes."""
-    _check_t5(model)
+    check_t5(model)
     device = model.device
     ids, real = (t.to(device) for t in pad_rows(prefixes, 0, "left"))  # padding is masked: any id will do
     dtype = model.get_input_embeddings().weight.dtype
@@ -199,7 +201,7 @@ def t5_encode_from_compressed(
 
     The segment (right-padded) attends to the stored prefix (unless `see_prefix` is False: neg_control) and to
     itself; equal (up to float rounding) to the gist-masked encoder's outputs at the gist and input positions."""
-    _check_t5(model)
+    check_t5(model)
     if compressed.encoder_hidden is None:
         raise BackpackError("these compressed prompts were made by a decoder-only model, not an encoder-decoder")
     if len(segments) != len(compressed):
@@ -236,7 +238,7 @@ class T5Prefilled:
 @torch.no_grad()
 def t5_prefill(model, encoder_outputs: BaseModelOutput, cross_mask: torch.Tensor) -> T5Prefilled:
     """First decoder step (the decoder start token) on given encoder outputs."""
-    _check_t5(model)
+    check_t5(model)
     batch = cross_mask.shape[0]
     start = torch.full((batch, 1), model.config.decoder_start_token_id, dtype=torch.long, device=cross_mask.device)
     out = model(encoder_outputs=encoder_outputs, attention_mask=cross_mask, decoder_input_ids=start,

@@ -27,7 +27,7 @@ from ..train.loop import TrainConfig, train, unigram_loss
 from .data import collate, load_examples
 from .layout import GIST_TOKEN, IGNORE, add_gist_token, build_gist_char_tokenizer, encode_example, init_gist_rows
 from .masks import CONDITIONS
-from .t5 import T5GistLoss, _check_t5, t5_collate, t5_encode_example
+from .t5 import T5GistLoss, check_t5, is_encoder_decoder, t5_collate, t5_encode_example
 
 
 @dataclass
@@ -83,10 +83,10 @@ class InstructionBatches:
 
     def prepare_model(self, model, fresh: bool) -> None:
         """Give the model a (mean-initialised) `<GIST>` row and record the gist settings in its config."""
-        if self.seq2seq != bool(getattr(model.config, "is_encoder_decoder", False)):
+        if self.seq2seq != is_encoder_decoder(model):
             raise BackpackError("the batches were laid out for another kind of model (encoder-decoder vs decoder-only)")
         if self.seq2seq:
-            _check_t5(model)
+            check_t5(model)
         init_gist_rows(model, self.gist_id, fresh and self.fresh_token)
         positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
         if positions and not self.seq2seq:
