@@ -1,5 +1,6 @@
 """T5 gist tokens: who attends to whom (encoder self-attention, decoder cross-attention; eager and sdpa), and
-generation from compressed prompts equal to the uncached gist-masked model (float32, batch 1 and 4)."""
+generation from compressed prompts (through the shared `gist.cache` entry points) equal to the uncached gist-masked
+model (float32, batch 1 and 4, greedy and sampled)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,15 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from backpacklm.errors import BackpackError
+from backpacklm.gist.cache import (SamplingConfig, compress_ids, decode, generate_from_compressed, load_compressed,
+                                   prefill_compressed, prefill_uncached)
 from backpacklm.gist.layout import GistExample, build_gist_char_tokenizer, gist_token_id
 from backpacklm.gist.masks import to_additive
 from backpacklm.gist.t5 import (
-    T5CompressedPrompt,
     t5_allowed_attention,
     t5_collate,
-    t5_compress,
     t5_encode_example,
     t5_encode_from_compressed,
-    t5_generate,
     t5_gist_encode,
     t5_gist_forward,
 )
@@ -123,7 +123,7 @@ def test_compressed_equals_uncached(tokenizer, implementation, rows):
     batch = t5_collate(encoded, eos)
     with torch.no_grad():
         uncached = t5_gist_forward(model, batch, gist_id)
-        prompt = t5_compress(model, [e.prefix for e in encoded], gist_id)
+        prompt = compress_ids(model, [e.prefix for e in encoded], gist_id)
         outputs, cross = t5_encode_from_compressed(model, prompt, [e.segment for e in encoded], eos)
         cached = model(encoder_outputs=outputs, attention_mask=cross, labels=batch.labels)
     assert (cached.logits - uncached.logits).abs().max() < 1e-5
@@ -133,42 +133,78 @@ def test_compressed_equals_uncached(tokenizer, implementation, rows):
         start, stop = len(e.prefix) - 3, len(e.source)
         got = outputs.last_hidden_state[b, : stop - start][cross[b, : stop - start].bool()]
         assert (got - full.last_hidden_state[b, start:stop]).abs().max() < 1e-5
-    assert prompt.keys.shape == (2, len(rows), 4, 3, 8) and prompt.hidden.shape == (len(rows), 3, 32)
-    with torch.no_grad():
-        uncached_ids = t5_generate(model, *t5_gist_encode(model, batch.input_ids, batch.padding_mask, gist_id),
-                                   max_new_tokens=8, do_sample=False)
-        cached_ids = t5_generate(model, outputs, cross, max_new_tokens=8, do_sample=False)
-    assert torch.equal(uncached_ids, cached_ids)
+    assert len(prompt.layers) == 2 and prompt.layers[0][0].shape == (len(rows), 4, 3, 8)
+    assert prompt.encoder_hidden.shape == (len(rows), 3, 32)
+    # generation: the shared prefill/decode entry points, uncached vs compressed, greedy (also = HF generate) and sampled
+    sources, tails = [e.source for e in encoded], [e.segment for e in encoded]
+    generated = {}
+    for sampling in (SamplingConfig(max_new_tokens=8), SamplingConfig(8, do_sample=True, top_k=20, seed=3)):
+        uncached_ids = decode(model, prefill_uncached(model, sources, gist_id, "gist", eos), eos, sampling)
+        cached_ids = decode(model, prefill_compressed(model, prompt, tails, eos), eos, sampling)
+        assert cached_ids == uncached_ids and all(len(r) > 0 for r in cached_ids)
+        generated[sampling.do_sample] = cached_ids
+    with torch.no_grad():  # our greedy decoding loop = Hugging Face generate on the same encoder outputs
+        hf = model.generate(encoder_outputs=outputs, attention_mask=cross, max_new_tokens=8, do_sample=False,
+                            top_k=None)[:, 1:]
+    assert all(row[:len(ids)] == ids for row, ids in zip(hf.tolist(), generated[False]))
     # and the test can fail: the instruction matters under gist, and the plain model differs from the gist mask
     changed = [t5_encode_example(tokenizer, GistExample("Count them.", EXAMPLES[r].input, ""), 3) for r in rows]
     with torch.no_grad():
-        other = t5_compress(model, [e.prefix for e in changed], gist_id)
+        other = compress_ids(model, [e.prefix for e in changed], gist_id)
         other_out, _ = t5_encode_from_compressed(model, other, [e.segment for e in encoded], eos)
         assert (model(encoder_outputs=other_out, attention_mask=cross, labels=batch.labels).logits
                 - cached.logits).abs().max() > 1e-3
         assert (t5_gist_forward(model, batch, gist_id, "pos_control").logits - uncached.logits).abs().max() > 1e-3
 
 
-def test_compressed_prompts_select_and_concatenate(tokenizer):
+def test_instruction_cache_equals_its_uncached_mask(tokenizer):
+    """keep="all" (the savings baseline: the whole prefix stored, left-padded across mixed lengths, the input reads
+    all of it) equals the uncached encoder whose input segment sees instruction, gists and input."""
+    model = tiny_t5(tokenizer, "eager")
+    gist_id, eos = gist_token_id(tokenizer), tokenizer.eos_token_id
+    encoded = [t5_encode_example(tokenizer, e, 2) for e in EXAMPLES]
+    batch = t5_collate(encoded, eos)
+    labels = segments(encoded, batch.input_ids.shape[1])
+    allowed = torch.tensor([[[kj != "P" and (qi == "X" or kj != "X") for kj in row] for qi in row] for row in labels])
+    with torch.no_grad():
+        full = compress_ids(model, [e.prefix for e in encoded], gist_id, keep="all", batch_size=3)
+        outputs, cross = t5_encode_from_compressed(model, full, [e.segment for e in encoded], eos)
+        cached = model(encoder_outputs=outputs, attention_mask=cross, labels=batch.labels).logits
+        plain = model.encoder(input_ids=batch.input_ids, attention_mask=to_additive(allowed.unsqueeze(1)))
+        uncached = model(encoder_outputs=plain, attention_mask=batch.padding_mask.long(), labels=batch.labels).logits
+    assert (cached - uncached).abs().max() < 1e-5
+    assert full.stored_positions.tolist() == [len(e.prefix) for e in encoded]
+
+
+def test_compressed_prompts_select_concatenate_save(tokenizer, tmp_path):
     model = tiny_t5(tokenizer, "sdpa")
     gist_id = gist_token_id(tokenizer)
     prefixes = [t5_encode_example(tokenizer, e, 2).prefix for e in EXAMPLES]
-    together = t5_compress(model, prefixes, gist_id)
-    alone = T5CompressedPrompt.cat([t5_compress(model, [p], gist_id) for p in prefixes])
-    for a, b in [(together.keys, alone.keys), (together.values, alone.values), (together.hidden, alone.hidden)]:
+    together = compress_ids(model, prefixes, gist_id)
+    alone = compress_ids(model, prefixes, gist_id, batch_size=1)
+    pairs = [(a, b) for (ka, va), (kb, vb) in zip(together.layers, alone.layers) for a, b in ((ka, kb), (va, vb))]
+    for a, b in pairs + [(together.encoder_hidden, alone.encoder_hidden)]:
         assert (a - b).abs().max() < 1e-5
-    assert torch.equal(together.select([2]).hidden, together.hidden[2:3])
-    assert together.nbytes() == 4 * (2 * 2 * 4 * 4 * 2 * 8 + 4 * 2 * 32)  # float32: K and V per layer, + outputs
+    assert torch.equal(together.select([2]).encoder_hidden, together.encoder_hidden[2:3])
+    # float32 per prompt: k=2 positions x (K and V of 4 heads x 8 in 2 layers + the 32-wide encoder output)
+    assert together.kv_bytes().tolist() == [2 * 4 * (2 * 2 * 4 * 8 + 32)] * 4
+    together.save(tmp_path / "c.safetensors")
+    loaded = load_compressed(tmp_path / "c.safetensors", model)
+    assert torch.equal(loaded.encoder_hidden, together.encoder_hidden) and loaded.instructions == together.instructions
+    ids = generate_from_compressed(model, tokenizer, loaded, ["a b"] * 4, SamplingConfig(max_new_tokens=4))
+    assert ids == generate_from_compressed(model, tokenizer, together, ["a b"] * 4, SamplingConfig(max_new_tokens=4))
+    with pytest.raises(BackpackError, match="compressed by another model"):
+        load_compressed(tmp_path / "c.safetensors", tiny_t5(tokenizer, "sdpa", seed=1))
 
 
 def test_bad_prompts_are_one_line_errors(tokenizer):
     model = tiny_t5(tokenizer, "eager")
     gist_id = gist_token_id(tokenizer)
     plain = t5_encode_example(tokenizer, EXAMPLES[0], 0).prefix
-    with pytest.raises(BackpackError, match="must end with its <GIST> tokens"):
-        t5_compress(model, [plain], gist_id)
+    with pytest.raises(BackpackError, match="has no <GIST> token"):
+        compress_ids(model, [plain], gist_id)
     one, two = (t5_encode_example(tokenizer, EXAMPLES[0], k).prefix for k in (1, 2))
-    with pytest.raises(BackpackError, match="same number of gists"):
-        t5_compress(model, [one, two], gist_id)
+    with pytest.raises(BackpackError, match="different numbers of gist tokens"):
+        compress_ids(model, [one, two], gist_id)
     with pytest.raises(BackpackError, match="unknown gist condition"):
         t5_allowed_attention(torch.tensor([[1, 2]]), gist_id, "both")

@@ -1,4 +1,5 @@
-"""`backpack gist train|compress|generate|eval|bench`: gist tokens (Mu et al. 2023) for decoder-only models."""
+"""`backpack gist train|compress|generate|eval|bench`: gist tokens (Mu et al. 2023) for decoder-only models and
+encoder-decoder T5 (any --model directory; the family is read from its config)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--val-data", default=None, help="validation JSON (default: 5%% of --data held out)")
     p.add_argument("--out", required=True, help="run directory (checkpoints; the model is OUT/model)")
     p.add_argument("--model", dest="init_from", default=None,
-                   help="fine-tune this model directory (any supported causal LM with its tokenizer); "
+                   help="fine-tune this model directory (any supported causal LM, or T5, with its tokenizer); "
                         "default: train from scratch with --preset")
     p.add_argument("--tokenizer", default=None, help="from scratch: tokenizer folder or 'gpt2' (default: characters)")
     p.add_argument("--gists", type=int, default=1, help="k, gist tokens per instruction")
@@ -28,7 +29,8 @@ def register(subparsers) -> None:
     add_training_arguments(p, warmup_steps=50, eval_interval=100, eval_batches=10)
     p.set_defaults(func=run_train)
 
-    p = commands.add_parser("compress", help="compress instructions into gist keys/values, saved to one file",
+    p = commands.add_parser("compress", help="compress instructions into gist keys/values (T5: encoder keys/values "
+                                             "and outputs), saved to one file",
                             formatter_class=FORMAT)
     p.add_argument("--model", required=True)
     source = p.add_mutually_exclusive_group(required=True)

@@ -10,6 +10,10 @@ Batches: every prompt stores the same k positions, so compressed prompts stack w
 follow are left-padded between the gists and the input (masked), and each row keeps its own position ids.
 With `keep="all"` the whole instruction prefix is stored instead (instruction caching, the savings baseline); rows
 of different lengths are then left-padded with masked positions.
+
+Encoder-decoder models (T5, `model.config.is_encoder_decoder`) go through `gist/t5.py` from the same entry points:
+their compressed prompt is the gists' encoder self-attention keys/values at every layer plus their final encoder
+outputs (`encoder_hidden`, what cross-attention reads), in the same file format.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from transformers import DynamicCache
 from ..atomic import replacing
 from ..errors import BackpackError
 from ..data.batching import pad_rows
-from .layout import GIST_TOKEN, encode_instruction, encode_tail, GistExample
+from .layout import GIST_TOKEN, GistExample, encode_example, encode_instruction, encode_tail
 from .masks import allowed_attention, padded_position_ids, to_additive
 
 FORMAT = "backpacklm-gist-cache/1"
@@ -55,6 +59,8 @@ class CompressedPrompts:
     instruction_tokens: [N] tokens of "Instruction: ...\\n" (the part the gists replace).
     instructions: the instruction texts.
     num_gists: k.  keep: "gists" or "all".  model_id: `model_fingerprint` of the model that made them.
+    encoder_hidden: [N, S, d_model] final encoder outputs of the stored positions (encoder-decoder models only; their
+        `layers` are the encoder's self-attention keys/values).
     """
 
     layers: list[tuple[torch.Tensor, torch.Tensor]]
@@ -65,6 +71,7 @@ class CompressedPrompts:
     num_gists: int
     keep: str = "gists"
     model_id: str = ""
+    encoder_hidden: torch.Tensor | None = None
     metadata: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -76,9 +83,11 @@ class CompressedPrompts:
         return self.valid.sum(dim=1)
 
     def kv_bytes(self) -> torch.Tensor:
-        """[N] bytes of keys and values stored per prompt (its real positions, all layers)."""
+        """[N] bytes of keys and values stored per prompt (its real positions, all layers; with encoder outputs)."""
         per_position = sum((k[0, :, 0].numel() * k.element_size() + v[0, :, 0].numel() * v.element_size())
                            for k, v in self.layers)
+        if self.encoder_hidden is not None:
+            per_position += self.encoder_hidden.shape[-1] * self.encoder_hidden.element_size()
         return self.stored_positions * per_position
 
     def select(self, indices) -> "CompressedPrompts":
@@ -90,7 +99,9 @@ class CompressedPrompts:
             layers=[(k[index, :, start:], v[index, :, start:]) for k, v in self.layers],
             valid=valid[:, start:], next_position=self.next_position[index],
             instruction_tokens=self.instruction_tokens[index], instructions=[self.instructions[i] for i in index.tolist()],
-            num_gists=self.num_gists, keep=self.keep, model_id=self.model_id, metadata=self.metadata,
+            num_gists=self.num_gists, keep=self.keep, model_id=self.model_id,
+            encoder_hidden=None if self.encoder_hidden is None else self.encoder_hidden[index, start:],
+            metadata=self.metadata,
         )
 
     def cache(self) -> DynamicCache:
@@ -104,6 +115,8 @@ class CompressedPrompts:
                    "instruction_tokens": self.instruction_tokens}
         for i, (k, v) in enumerate(self.layers):
             tensors[f"layer.{i}.keys"], tensors[f"layer.{i}.values"] = k.contiguous(), v.contiguous()
+        if self.encoder_hidden is not None:
+            tensors["encoder_hidden"] = self.encoder_hidden.contiguous()
         header = {"format": FORMAT, "model_id": self.model_id, "num_gists": self.num_gists, "keep": self.keep,
                   "n_layers": len(self.layers), "instructions": self.instructions, **self.metadata}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +146,7 @@ def load_compressed(path: str | Path, model=None) -> CompressedPrompts:
         layers=layers, valid=tensors["valid"].bool(), next_position=tensors["next_position"],
         instruction_tokens=tensors["instruction_tokens"], instructions=header["instructions"],
         num_gists=header["num_gists"], keep=header["keep"], model_id=header["model_id"],
-        metadata={k: v for k, v in header.items() if k not in fixed},
+        encoder_hidden=tensors.get("encoder_hidden"), metadata={k: v for k, v in header.items() if k not in fixed},
     )
 
 
@@ -161,8 +174,11 @@ def compress_ids(model, prompts: list[list[int]], gist_id: int, keep: str = "gis
                  instructions: list[str] | None = None) -> CompressedPrompts:
     """Compress token-id prompts that each end with the same number of gist tokens (and hold no other gists).
 
-    keep="gists" stores the gists only; keep="all" stores the whole prefix (instruction caching).
+    keep="gists" stores the gists only; keep="all" stores the whole prefix (instruction caching). Encoder-decoder
+    models store encoder keys/values and outputs (`t5.t5_compress_rows`).
     """
+    from .t5 import is_encoder_decoder, t5_compress_rows
+
     counts = []
     for i, ids in enumerate(prompts):
         n_gist = sum(1 for t in ids if t == gist_id)
@@ -179,20 +195,25 @@ def compress_ids(model, prompts: list[list[int]], gist_id: int, keep: str = "gis
     chunks: list[CompressedPrompts] = []
     for start in range(0, len(prompts), batch_size):
         rows = prompts[start:start + batch_size]
-        ids, padding = pad_rows(rows, 0, "left")  # padding is masked: any id will do
-        ids, padding = ids.to(device), padding.to(device)
-        mask = to_additive(allowed_attention(ids, gist_id, "gist", padding), _dtype(model))
-        _check_positions(model, padded_position_ids(padding))
-        out = model(input_ids=ids, attention_mask=mask, position_ids=padded_position_ids(padding),
-                    past_key_values=DynamicCache(), use_cache=True)
-        stored = k if keep == "gists" else ids.shape[1]
-        layers = [(layer.keys[:, :, -stored:].cpu(), layer.values[:, :, -stored:].cpu())
-                  for layer in out.past_key_values.layers]
+        hidden = None
+        if is_encoder_decoder(model):
+            layers, valid, hidden = t5_compress_rows(model, rows, k, keep)
+        else:
+            ids, padding = pad_rows(rows, 0, "left")  # padding is masked: any id will do
+            ids, padding = ids.to(device), padding.to(device)
+            mask = to_additive(allowed_attention(ids, gist_id, "gist", padding), _dtype(model))
+            _check_positions(model, padded_position_ids(padding))
+            out = model(input_ids=ids, attention_mask=mask, position_ids=padded_position_ids(padding),
+                        past_key_values=DynamicCache(), use_cache=True)
+            stored = k if keep == "gists" else ids.shape[1]
+            layers = [(layer.keys[:, :, -stored:].cpu(), layer.values[:, :, -stored:].cpu())
+                      for layer in out.past_key_values.layers]
+            valid = padding[:, -stored:].cpu()
         lengths = torch.tensor([len(r) for r in rows])
         chunks.append(CompressedPrompts(
-            layers=layers, valid=padding[:, -stored:].cpu(), next_position=lengths, instruction_tokens=lengths - k,
+            layers=layers, valid=valid, next_position=lengths, instruction_tokens=lengths - k,
             instructions=(instructions or [""] * len(prompts))[start:start + batch_size], num_gists=k, keep=keep,
-            model_id=model_fingerprint(model),
+            model_id=model_fingerprint(model), encoder_hidden=hidden,
         ))
     return _concatenate(chunks)
 
@@ -232,11 +253,14 @@ def _concatenate(chunks: list[CompressedPrompts]) -> CompressedPrompts:
         layers.append((keys, values))
     valid = torch.cat([torch.nn.functional.pad(c.valid, (width - c.valid.shape[1], 0), value=False) for c in chunks])
     first = chunks[0]
+    hidden = None
+    if first.encoder_hidden is not None:
+        hidden = torch.cat([pad(c.encoder_hidden, width - c.valid.shape[1]) for c in chunks])
     return CompressedPrompts(
         layers=layers, valid=valid, next_position=torch.cat([c.next_position for c in chunks]),
         instruction_tokens=torch.cat([c.instruction_tokens for c in chunks]),
         instructions=[s for c in chunks for s in c.instructions], num_gists=first.num_gists, keep=first.keep,
-        model_id=first.model_id,
+        model_id=first.model_id, encoder_hidden=hidden,
     )
 
 
@@ -277,7 +301,14 @@ class PrefilledBatch:
 def prefill_compressed(model, compressed: CompressedPrompts, tails: list[list[int]], pad_id: int,
                        see_prefix: bool = True) -> PrefilledBatch:
     """Read `tails[b]` after compressed prompt b: positions continue from its end; the tail sees the stored prefix
-    (unless `see_prefix` is False: the neg_control condition) and its own earlier tokens."""
+    (unless `see_prefix` is False: the neg_control condition) and its own earlier tokens. (T5: `tails` are input
+    segments, see `t5.t5_prefill_compressed`.)"""
+    from .t5 import is_encoder_decoder, t5_prefill_compressed
+
+    if is_encoder_decoder(model):
+        return t5_prefill_compressed(model, compressed, tails, pad_id, see_prefix)
+    if compressed.encoder_hidden is not None:
+        raise BackpackError("these compressed prompts were made by an encoder-decoder model, not a decoder-only one")
     device = _device(model)
     ids, padding = pad_rows(tails, pad_id, "left")
     ids, padding = ids.to(device), padding.to(device)
@@ -297,7 +328,12 @@ def prefill_compressed(model, compressed: CompressedPrompts, tails: list[list[in
 
 @torch.no_grad()
 def prefill_uncached(model, prompts: list[list[int]], gist_id: int | None, condition: str, pad_id: int) -> PrefilledBatch:
-    """Read whole prompts (instruction, gists, input) with the condition's mask: the no-caching path."""
+    """Read whole prompts (instruction, gists, input) with the condition's mask: the no-caching path. (T5: the
+    prompts are sources, see `t5.t5_prefill_uncached`.)"""
+    from .t5 import is_encoder_decoder, t5_prefill_uncached
+
+    if is_encoder_decoder(model):
+        return t5_prefill_uncached(model, prompts, gist_id, condition, pad_id)
     device = _device(model)
     ids, padding = pad_rows(prompts, pad_id, "left")
     ids, padding = ids.to(device), padding.to(device)
@@ -324,14 +360,18 @@ class SamplingConfig:
 @torch.no_grad()
 def decode(model, state: PrefilledBatch, eos_id: int, sampling: SamplingConfig = SamplingConfig()) -> list[list[int]]:
     """Generate from a prefilled batch; each row stops at end-of-text (included), after max_new_tokens, or at the
-    model's last position."""
+    model's last position. (T5: `t5.t5_decode`.)"""
+    from .t5 import T5Prefilled, t5_decode
+
+    if isinstance(state, T5Prefilled):
+        return t5_decode(model, state, eos_id, sampling)
     generator = torch.Generator(device=state.logits.device).manual_seed(sampling.seed)
     batch = state.logits.shape[0]
     logits, cache, key_valid, position = state.logits[:, -1], state.cache, state.key_valid, state.next_position
     done = torch.zeros(batch, dtype=torch.bool, device=logits.device)
     out: list[list[int]] = [[] for _ in range(batch)]
     for step in range(sampling.max_new_tokens):
-        token = _choose(logits.float(), sampling, generator)
+        token = choose_next(logits.float(), sampling, generator)
         token = torch.where(done, torch.full_like(token, eos_id), token)
         for b in torch.nonzero(~done).flatten().tolist():
             out[b].append(int(token[b]))
@@ -347,7 +387,8 @@ def decode(model, state: PrefilledBatch, eos_id: int, sampling: SamplingConfig =
     return out
 
 
-def _choose(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
+def choose_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
+    """Next token ids [batch] from logits [batch, vocab]: argmax, or a sample (see `SamplingConfig`)."""
     if not sampling.do_sample:
         return logits.argmax(dim=-1)
     logits = logits / max(sampling.temperature, 1e-6)
@@ -363,6 +404,26 @@ def generate_from_compressed(model, tokenizer, compressed: CompressedPrompts, in
     if len(inputs) != len(compressed):
         raise BackpackError(f"{len(inputs)} inputs for {len(compressed)} compressed prompts")
     condition = condition or getattr(model.config, "gist_condition", "gist")
-    tails = [encode_tail(tokenizer, GistExample(instruction="", input=text)) for text in inputs]
+    tails = [tail_ids(model, tokenizer, text) for text in inputs]
     state = prefill_compressed(model, compressed, tails, tokenizer.eos_token_id, see_prefix=condition != "neg_control")
     return decode(model, state, tokenizer.eos_token_id, sampling)
+
+
+def prompt_ids(model, tokenizer, example: GistExample, num_gists: int) -> list[int]:
+    """The whole prompt as the uncached model reads it: decoder-only, instruction + gists + tail up to "Output:";
+    encoder-decoder, the source (instruction + gists + input segment)."""
+    from .t5 import is_encoder_decoder, t5_encode_example
+
+    if is_encoder_decoder(model):
+        return t5_encode_example(tokenizer, example, num_gists, with_output=False).source
+    return encode_example(tokenizer, example, num_gists, with_output=False).input_ids
+
+
+def tail_ids(model, tokenizer, input_text: str) -> list[int]:
+    """What follows the gists for this input: decoder-only "\nInput: ...\nOutput:", encoder-decoder the input
+    segment ("\nInput: ..." + end-of-text)."""
+    from .t5 import is_encoder_decoder, t5_encode_segment
+
+    if is_encoder_decoder(model):
+        return t5_encode_segment(tokenizer, input_text)
+    return encode_tail(tokenizer, GistExample(instruction="", input=input_text))

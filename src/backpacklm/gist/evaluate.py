@@ -2,7 +2,7 @@
 
 ROUGE-L is the `rouge_score` package's F-measure with Porter stemming, averaged over examples, in points (0-100).
 Gist models generate through the gist cache (exactly equal to the uncached model, see cache.py); pos_control and
-neg_control models generate from the whole prompt under their own masks.
+neg_control models generate from the whole prompt under their own masks. Decoder-only and encoder-decoder (T5) alike.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from tqdm import tqdm
 
 from ..errors import BackpackError
 from ..model.loading import load_model
-from .cache import SamplingConfig, compress, decode, generate_from_compressed, num_gists_of, prefill_uncached
+from .cache import (SamplingConfig, compress, decode, generate_from_compressed, num_gists_of, prefill_uncached,
+                    prompt_ids)
 from .data import load_examples
-from .layout import GistExample, decode_completion, encode_example, gist_token_id
+from .layout import GistExample, decode_completion, gist_token_id
 
 
 def rouge_l(predictions: list[str], references: list[str]) -> float:
@@ -48,7 +49,7 @@ def predict(model, tokenizer, examples: list[GistExample], condition: str | None
             compressed = compress(model, tokenizer, [e.instruction for e in chunk], k, batch_size=batch_size)
             ids = generate_from_compressed(model, tokenizer, compressed, [e.input for e in chunk], sampling, condition)
         else:
-            prompts = [encode_example(tokenizer, e, k, with_output=False).input_ids for e in chunk]
+            prompts = [prompt_ids(model, tokenizer, e, k) for e in chunk]
             ids = decode(model, prefill_uncached(model, prompts, gist_id, condition, eos), eos, sampling)
         outputs += [decode_completion(tokenizer, row) for row in ids]
     return outputs

@@ -8,7 +8,12 @@ instruction (full-prefix) caching, per prompt and averaged, at several batch siz
 FLOPs of the post-instruction forward (analytic, multiply-add = 2 FLOPs), for n new tokens after c cached positions:
     2 N n  +  2 L (2 d) (n c + n (n + 1) / 2)  [+ Backpack sense mixing: (2 d + 2 k d) (n c + n (n + 1) / 2)]  +  2 d V
 with N the non-embedding parameters (run once per token), L layers, d width, k senses, V vocabulary (last-position
-logits). Wall times are medians over repeats of time to first token (prefill + first token choice) and per generated
+logits). For an encoder-decoder (T5; inner = heads x d_kv, P_enc / P_dec the encoder / decoder parameters without
+embeddings, P_x the decoder's cross-attention key/value projections) the post-instruction forward is the encoder on
+the n new source tokens (each reads all c + n positions) and the first decoder step, whose cross-attention projects
+and reads all c + n encoder outputs:
+    2 P_enc n + 2 L_enc (2 inner) n (c + n)  +  2 (P_dec - P_x) + 2 P_x (c + n) + 2 L_dec (2 inner) (1 + c + n)  +  2 d V
+Wall times are medians over repeats of time to first token (prefill + first token choice) and per generated
 token (later single-token steps), on this machine.
 """
 
@@ -20,8 +25,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .cache import SamplingConfig, compress, decode, num_gists_of, prefill_compressed, prefill_uncached
-from .layout import GistExample, encode_example, encode_tail, gist_token_id
+from .cache import (SamplingConfig, compress, decode, num_gists_of, prefill_compressed, prefill_uncached, prompt_ids,
+                    tail_ids)
+from .layout import GistExample, gist_token_id
+from .t5 import is_encoder_decoder
 
 METHODS = ("no_cache", "instruction_cache", "gist_cache")
 
@@ -39,12 +46,28 @@ def non_embedding_parameters(model) -> int:
     skip = {id(model.get_input_embeddings().weight)}
     if model.get_output_embeddings() is not None:
         skip.add(id(model.get_output_embeddings().weight))
-    skip |= {id(p) for name, p in model.named_parameters() if name.endswith("wpe.weight")}
+    skip |= {id(p) for name, p in model.named_parameters()
+             if name.endswith(("wpe.weight", "relative_attention_bias.weight"))}  # position tables
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def t5_forward_flops(model, n_new: int, n_context: int) -> float:
+    """Analytic FLOPs of an encoder-decoder's post-instruction forward (module docstring)."""
+    c = model.config
+    inner, keys = c.num_heads * c.d_kv, n_context + n_new
+    encoder = non_embedding_parameters(model.encoder)
+    cross_kv = sum(p.numel() for name, p in model.decoder.named_parameters() if ".EncDecAttention.k." in name
+                   or ".EncDecAttention.v." in name)
+    decoder = non_embedding_parameters(model.decoder) - cross_kv
+    encode = 2 * encoder * n_new + 2 * c.num_layers * 2 * inner * n_new * keys
+    first_step = 2 * decoder + 2 * cross_kv * keys + 2 * c.num_decoder_layers * 2 * inner * (1 + keys)
+    return encode + first_step + 2 * c.d_model * c.vocab_size
 
 
 def forward_flops(model, n_new: int, n_context: int) -> float:
     """Analytic FLOPs to run n_new tokens after n_context cached positions (module docstring)."""
+    if is_encoder_decoder(model):
+        return t5_forward_flops(model, n_new, n_context)
     layers, d, vocab, senses = _dims(model)
     pairs = n_new * n_context + n_new * (n_new + 1) / 2  # (query, key) pairs attended
     attention = 2 * layers * 2 * d * pairs
@@ -120,15 +143,16 @@ def _median_ms(fn, repeats: int) -> float:
 @torch.no_grad()
 def measure_savings(model, tokenizer, examples: list[GistExample], batch_sizes=(1, 8), new_tokens: int = 16,
                     repeats: int = 3, num_gists: int | None = None, name: str = "") -> SavingsReport:
-    """Bytes, FLOPs and wall times of the three methods on `examples` (inputs are used; outputs are not)."""
+    """Bytes, FLOPs and wall times of the three methods on `examples` (inputs are used; outputs are not), for
+    decoder-only and encoder-decoder (T5: stored bytes include the gists' encoder outputs) models."""
     model.eval()
     k = num_gists_of(model, num_gists)
     gist_id, eos = gist_token_id(tokenizer), tokenizer.eos_token_id
     instructions = [e.instruction for e in examples]
     gists = compress(model, tokenizer, instructions, k)
     full = compress(model, tokenizer, instructions, k, keep="all")
-    tails = [encode_tail(tokenizer, e) for e in examples]
-    prompts = [encode_example(tokenizer, e, k, with_output=False).input_ids for e in examples]
+    tails = [tail_ids(model, tokenizer, e.input) for e in examples]
+    prompts = [prompt_ids(model, tokenizer, e, k) for e in examples]
     n_instr = gists.instruction_tokens.tolist()
     flops = {
         "no_cache": [forward_flops(model, len(p), 0) for p in prompts],

@@ -12,13 +12,16 @@ Masks, with g_first / g_last the first / last gist of a row (and never onto padd
     neg_control   j <= g_last                       j > g_last (input only)         j > g_last
 
 Under `gist` the gists' hidden states at every encoder layer depend on the instruction only, and the input segment
-reads the instruction only through them. So a compressed prompt (`T5CompressedPrompt`) is, per gist, the encoder
-self-attention keys and values at every layer (what input tokens attend to) and the final encoder output (what the
-decoder cross-attends to). T5's relative position bias depends on key - query offsets only; the input segment
-starts right after the gists in both paths, so the cached path reproduces the uncached biases exactly.
+reads the instruction only through them. So a compressed T5 prompt (a `cache.CompressedPrompts` with
+`encoder_hidden`) is, per gist, the encoder self-attention keys and values at every layer (what input tokens attend
+to) and the final encoder output (what the decoder cross-attends to). T5's relative position bias depends on
+key - query offsets only; stored prefixes are left-padded (masked) and the input segment follows right after them in
+both paths, so the cached path reproduces the uncached biases exactly.
 
 All masks are additive float [batch, 1, query_pos, key_pos] tensors (0 / finfo.min), which T5 adds to its
-position bias under eager and sdpa attention alike.
+position bias under eager and sdpa attention alike. The shared entry points (`cache.compress`,
+`cache.generate_from_compressed`, `evaluate.predict`, `savings.measure_savings`, `train.InstructionBatches`) call
+this module when `model.config.is_encoder_decoder`.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from torch import nn
+from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..data.tokenizers import encode_strict
 from ..data.batching import pad_rows
 from ..errors import BackpackError
+from .cache import CompressedPrompts, SamplingConfig, choose_next
 from .layout import IGNORE, INPUT_TEMPLATE, GistExample, eos_id, encode_instruction
 from .masks import CONDITIONS, gist_bounds, to_additive
 
@@ -49,12 +54,22 @@ class T5Encoded:
         return self.prefix + self.segment
 
 
-def t5_encode_example(tokenizer, example: GistExample, num_gists: int) -> T5Encoded:
-    """Token ids of `example` in the T5 layout (see module docstring)."""
-    eos = eos_id(tokenizer)
-    segment = encode_strict(tokenizer, INPUT_TEMPLATE.format(input=example.input)) if example.input else []
-    target = encode_strict(tokenizer, example.output) + [eos]
-    return T5Encoded(encode_instruction(tokenizer, example.instruction, num_gists), segment + [eos], target)
+def is_encoder_decoder(model) -> bool:
+    """Whether `model` is an encoder-decoder (T5): the shared gist entry points dispatch on this."""
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def t5_encode_segment(tokenizer, input_text: str) -> list[int]:
+    """Ids of the input segment: `\nInput: {input}` (nothing without input) + end-of-text."""
+    segment = encode_strict(tokenizer, INPUT_TEMPLATE.format(input=input_text)) if input_text else []
+    return segment + [eos_id(tokenizer)]
+
+
+def t5_encode_example(tokenizer, example: GistExample, num_gists: int, with_output: bool = True) -> T5Encoded:
+    """Token ids of `example` in the T5 layout (see module docstring); without output the target is empty."""
+    target = encode_strict(tokenizer, example.output) + [eos_id(tokenizer)] if with_output else []
+    return T5Encoded(encode_instruction(tokenizer, example.instruction, num_gists),
+                     t5_encode_segment(tokenizer, example.input), target)
 
 
 @dataclass
@@ -109,15 +124,19 @@ def t5_gist_masks(
     return to_additive(encoder, dtype), cross.long()
 
 
-def _check_t5(model) -> None:
+def check_t5(model) -> None:
+    """A one-line error unless `model` is an encoder-decoder with the ids needed to start and pad targets."""
     if not getattr(model.config, "is_encoder_decoder", False) or not hasattr(model, "encoder"):
         raise BackpackError(f"{type(model).__name__} is not an encoder-decoder (T5) model")
+    missing = [name for name in ("decoder_start_token_id", "pad_token_id") if getattr(model.config, name, None) is None]
+    if missing:
+        raise BackpackError(f"the T5 config has no {' / '.join(missing)} (needed to start and pad targets)")
 
 
 def t5_gist_encode(model, input_ids, padding_mask, gist_id, condition="gist") -> tuple[BaseModelOutput, torch.Tensor]:
     """Gist-masked encoder: (encoder outputs, last_hidden_state [batch, src_pos, d_model]; cross key mask
     [batch, src_pos]) to pass to the decoder as `encoder_outputs=` and `attention_mask=`."""
-    _check_t5(model)
+    check_t5(model)
     dtype = model.get_input_embeddings().weight.dtype
     encoder_mask, cross = t5_gist_masks(input_ids, gist_id, condition, padding_mask, dtype)
     return model.encoder(input_ids=input_ids, attention_mask=encoder_mask), cross
@@ -129,35 +148,19 @@ def t5_gist_forward(model, batch: T5Batch, gist_id: int | None, condition: str =
     return model(encoder_outputs=encoded, attention_mask=cross, labels=batch.labels, **kwargs)
 
 
-@dataclass
-class T5CompressedPrompt:
-    """Compressed prompts (one per row) for a T5 model: everything the input segment and the decoder read.
 
-    keys, values: [layer, batch, head, gist, d_kv], the gists' encoder self-attention keys/values per layer.
-    hidden: [batch, gist, d_model], the gists' final encoder outputs (after the final layer norm).
-    """
 
-    keys: torch.Tensor
-    values: torch.Tensor
-    hidden: torch.Tensor
+class T5GistLoss(nn.Module):
+    """The module the training loop calls on T5 batches: the gist-masked forward with labels (`t5_gist_forward`),
+    keyword arguments as `T5Batch` fields. It wraps the model, so DDP and the optimizer see the model's parameters."""
 
-    @property
-    def num_gists(self) -> int:
-        return self.hidden.shape[1]
+    def __init__(self, model, gist_id: int, condition: str):
+        super().__init__()
+        self.model, self.gist_id, self.condition = model, gist_id, condition
 
-    def nbytes(self) -> int:
-        """Bytes stored for all rows."""
-        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.hidden))
-
-    def select(self, rows: list[int]) -> "T5CompressedPrompt":
-        return T5CompressedPrompt(self.keys[:, rows], self.values[:, rows], self.hidden[rows])
-
-    @staticmethod
-    def cat(prompts: list["T5CompressedPrompt"]) -> "T5CompressedPrompt":
-        return T5CompressedPrompt(
-            torch.cat([p.keys for p in prompts], 1), torch.cat([p.values for p in prompts], 1),
-            torch.cat([p.hidden for p in prompts], 0),
-        )
+    def forward(self, input_ids, padding_mask, labels, use_cache: bool = False):
+        batch = T5Batch(input_ids, padding_mask, labels)
+        return t5_gist_forward(self.model, batch, self.gist_id, self.condition, use_cache=use_cache)
 
 
 def _run_encoder_blocks(model, input_ids, attention_mask, cache: DynamicCache) -> torch.Tensor:
@@ -172,55 +175,110 @@ def _run_encoder_blocks(model, input_ids, attention_mask, cache: DynamicCache) -
 
 
 @torch.no_grad()
-def t5_compress(model, prefixes: list[list[int]], gist_id: int) -> T5CompressedPrompt:
-    """Run each prefix (instruction + k gists, the same k for all) once, bidirectionally; keep only the gists."""
-    _check_t5(model)
-    counts = {sum(t == gist_id for t in p) for p in prefixes}
-    if 0 in counts or any(p[-1] != gist_id for p in prefixes):
-        raise BackpackError("every prompt to compress must end with its <GIST> tokens")
-    if len(counts) != 1:
-        raise BackpackError(f"prompts compressed together must have the same number of gists, got {sorted(counts)}")
-    k = counts.pop()
-    ids, real = pad_rows(prefixes, gist_id, "right")
+def t5_compress_rows(model, prefixes: list[list[int]], num_gists: int, keep: str = "gists"):
+    """Run each prefix (instruction + its k trailing gists) once through the encoder, bidirectionally and
+    left-padded; keep the last k positions (keep="gists") or all (keep="all", instruction caching).
+
+    Returns (layers: per encoder layer (keys, values) [batch, head, stored, d_kv]; valid [batch, stored] bool;
+    encoder_hidden [batch, stored, d_model], final encoder outputs). `cache.compress_ids` checks the prefixes."""
+    check_t5(model)
+    device = model.device
+    ids, real = (t.to(device) for t in pad_rows(prefixes, 0, "left"))  # padding is masked: any id will do
     dtype = model.get_input_embeddings().weight.dtype
     mask = to_additive(real.view(len(prefixes), 1, 1, -1).expand(-1, 1, ids.shape[1], -1), dtype)
     cache = DynamicCache()
     hidden = _run_encoder_blocks(model, ids, mask, cache)
-    lengths = real.sum(1)
-    gist_pos = (lengths.view(-1, 1) - k + torch.arange(k).view(1, k)).to(ids.device)  # [batch, gist]
-    rows = torch.arange(len(prefixes), device=ids.device).view(-1, 1)
-    keys = torch.stack([cache.layers[i].keys[rows, :, gist_pos].transpose(1, 2) for i in range(len(cache.layers))])
-    values = torch.stack([cache.layers[i].values[rows, :, gist_pos].transpose(1, 2) for i in range(len(cache.layers))])
-    return T5CompressedPrompt(keys.contiguous(), values.contiguous(), hidden[rows, gist_pos].contiguous())
+    stored = num_gists if keep == "gists" else ids.shape[1]
+    layers = [(layer.keys[:, :, -stored:].cpu(), layer.values[:, :, -stored:].cpu()) for layer in cache.layers]
+    return layers, real[:, -stored:].cpu(), hidden[:, -stored:].cpu()
 
 
 def t5_encode_from_compressed(
-    model, prompt: T5CompressedPrompt, segments: list[list[int]], pad_id: int
+    model, compressed: CompressedPrompts, segments: list[list[int]], pad_id: int, see_prefix: bool = True
 ) -> tuple[BaseModelOutput, torch.Tensor]:
-    """Encoder outputs for [gists + input segment] of each row from its compressed prompt: (outputs with
-    last_hidden_state [batch, gist + seg_pos, d_model], cross key mask [batch, gist + seg_pos]).
+    """Encoder outputs for [stored prefix + input segment] of each row from its compressed prompt: (outputs with
+    last_hidden_state [batch, stored + seg_pos, d_model], cross key mask [batch, stored + seg_pos] long).
 
-    Equal (up to float rounding) to the gist-masked encoder's outputs at the gist and input positions."""
-    _check_t5(model)
-    if len(segments) != prompt.hidden.shape[0]:
-        raise BackpackError(f"{len(segments)} inputs for {prompt.hidden.shape[0]} compressed prompts")
+    The segment (right-padded) attends to the stored prefix (unless `see_prefix` is False: neg_control) and to
+    itself; equal (up to float rounding) to the gist-masked encoder's outputs at the gist and input positions."""
+    check_t5(model)
+    if compressed.encoder_hidden is None:
+        raise BackpackError("these compressed prompts were made by a decoder-only model, not an encoder-decoder")
+    if len(segments) != len(compressed):
+        raise BackpackError(f"{len(segments)} inputs for {len(compressed)} compressed prompts")
     if any(len(s) == 0 for s in segments):
         raise BackpackError("an input segment is empty (it holds at least the end-of-text token)")
-    ids, real = pad_rows(segments, pad_id, "right")
-    ids, real = ids.to(prompt.hidden.device), real.to(prompt.hidden.device)
-    batch, k = prompt.hidden.shape[:2]
-    keys_real = torch.cat([torch.ones(batch, k, dtype=torch.bool, device=real.device), real], 1)
-    mask = to_additive(keys_real.view(batch, 1, 1, -1).expand(-1, 1, ids.shape[1], -1), prompt.hidden.dtype)
+    device = model.device
+    ids, real = (t.to(device) for t in pad_rows(segments, pad_id, "right"))
+    keys_real = torch.cat([compressed.valid.to(device) & see_prefix, real], 1)
+    prefix_hidden = compressed.encoder_hidden.to(device)
+    mask = to_additive(keys_real.view(len(segments), 1, 1, -1).expand(-1, 1, ids.shape[1], -1), prefix_hidden.dtype)
     cache = DynamicCache()
-    for layer in range(prompt.keys.shape[0]):
-        cache.update(prompt.keys[layer], prompt.values[layer], layer)
+    for layer, (keys, values) in enumerate(compressed.layers):
+        cache.update(keys.to(device), values.to(device), layer)
     hidden = _run_encoder_blocks(model, ids, mask, cache)
-    return BaseModelOutput(last_hidden_state=torch.cat([prompt.hidden, hidden], 1)), keys_real.long()
+    return BaseModelOutput(last_hidden_state=torch.cat([prefix_hidden, hidden], 1)), keys_real.long()
+
+
+@dataclass
+class T5Prefilled:
+    """The state after the encoder and the first decoder step, ready to decode.
+
+    logits: [batch, 1, vocab] of the first target token.
+    encoder_outputs: last_hidden_state [batch, src_pos, d_model].  cross_mask: [batch, src_pos] (1 = visible).
+    cache: the decoder's self- and cross-attention cache.
+    """
+
+    logits: torch.Tensor
+    encoder_outputs: BaseModelOutput
+    cross_mask: torch.Tensor
+    cache: EncoderDecoderCache
 
 
 @torch.no_grad()
-def t5_generate(model, encoder_outputs: BaseModelOutput, cross_mask: torch.Tensor, **generate_kwargs) -> torch.Tensor:
-    """`model.generate` from precomputed encoder outputs (uncached gist-masked or from compressed prompts);
-    returns the generated target ids [batch, new_pos] (without the decoder start token)."""
-    out = model.generate(encoder_outputs=encoder_outputs, attention_mask=cross_mask, **generate_kwargs)
-    return out[:, 1:]
+def t5_prefill(model, encoder_outputs: BaseModelOutput, cross_mask: torch.Tensor) -> T5Prefilled:
+    """First decoder step (the decoder start token) on given encoder outputs."""
+    check_t5(model)
+    batch = cross_mask.shape[0]
+    start = torch.full((batch, 1), model.config.decoder_start_token_id, dtype=torch.long, device=cross_mask.device)
+    out = model(encoder_outputs=encoder_outputs, attention_mask=cross_mask, decoder_input_ids=start,
+                past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()), use_cache=True)
+    return T5Prefilled(out.logits, encoder_outputs, cross_mask, out.past_key_values)
+
+
+def t5_prefill_uncached(model, sources: list[list[int]], gist_id: int | None, condition: str, pad_id: int) -> T5Prefilled:
+    """Whole sources (instruction, gists, input segment) through the condition-masked encoder: the no-caching path."""
+    ids, real = (t.to(model.device) for t in pad_rows(sources, pad_id, "right"))
+    with torch.no_grad():
+        encoded, cross = t5_gist_encode(model, ids, real, gist_id, condition)
+    return t5_prefill(model, encoded, cross)
+
+
+def t5_prefill_compressed(model, compressed: CompressedPrompts, segments: list[list[int]], pad_id: int,
+                          see_prefix: bool = True) -> T5Prefilled:
+    with torch.no_grad():
+        encoded, cross = t5_encode_from_compressed(model, compressed, segments, pad_id, see_prefix)
+    return t5_prefill(model, encoded, cross)
+
+
+@torch.no_grad()
+def t5_decode(model, state: T5Prefilled, eos_id: int, sampling: SamplingConfig = SamplingConfig()) -> list[list[int]]:
+    """Generate target ids from a prefilled batch, as `cache.decode`: each row stops at end-of-text (included) or
+    after max_new_tokens."""
+    generator = torch.Generator(device=state.logits.device).manual_seed(sampling.seed)
+    batch = state.logits.shape[0]
+    logits, cache = state.logits[:, -1], state.cache
+    done = torch.zeros(batch, dtype=torch.bool, device=logits.device)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    for step in range(sampling.max_new_tokens):
+        token = torch.where(done, torch.full_like(done, eos_id, dtype=torch.long),
+                            choose_next(logits.float(), sampling, generator))
+        for b in torch.nonzero(~done).flatten().tolist():
+            out[b].append(int(token[b]))
+        done |= token == eos_id
+        if bool(done.all()) or step == sampling.max_new_tokens - 1:
+            break
+        result = model(encoder_outputs=state.encoder_outputs, attention_mask=state.cross_mask,
+                       decoder_input_ids=token.view(batch, 1), past_key_values=cache, use_cache=True)
+        logits, cache = result.logits[:, -1], result.past_key_values
+    return out

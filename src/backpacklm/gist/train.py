@@ -1,9 +1,13 @@
 """Gist training (Mu et al. 2023, sec. 3): the ordinary training loop (`backpacklm.train.loop`) on instruction batches.
 
 Each batch is left-padded examples in the gist layout with the condition's attention mask; the loss is on the
-completions only. Fine-tune a model directory (`init_from`, any supported causal LM with its tokenizer; `<GIST>` is
-added with a mean-initialised row) or train from scratch (`preset`, a character tokenizer built from the data unless
+completions only. Fine-tune a model directory (`init_from`, any supported causal LM or T5 with its tokenizer;
+`<GIST>` is added with a mean-initialised row) or train from scratch (`preset`, a character tokenizer built from the data unless
 `tokenizer` names one). Checkpoints, resume, progress and metrics are the loop's.
+
+Encoder-decoder models (T5) get batches in the T5 layout (`t5.py`: source = instruction + gists + input segment,
+right-padded; target = output, the loss on all of it), run through `t5.T5GistLoss`, which gives the encoder and the
+decoder's cross-attention their own gist masks.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import torch
 
 from ..data.tokenizers import load_tokenizer
 from ..errors import BackpackError
-from ..model.loading import load_tokenizer_if_present, resolve_model_dir
+from ..model.loading import is_encoder_decoder_dir, load_tokenizer_if_present, resolve_model_dir
 from ..train.checkpoint import latest_checkpoint
 from ..train.loop import TrainConfig, train, unigram_loss
 from .data import collate, load_examples
 from .layout import GIST_TOKEN, IGNORE, add_gist_token, build_gist_char_tokenizer, encode_example, init_gist_rows
 from .masks import CONDITIONS
+from .t5 import T5GistLoss, check_t5, is_encoder_decoder, t5_collate, t5_encode_example
 
 
 @dataclass
@@ -44,7 +49,8 @@ class GistTrainConfig(TrainConfig):
 
 
 class InstructionBatches:
-    """Batch source for the training loop: random left-padded instruction batches with gist masks (see loop.py)."""
+    """Batch source for the training loop: random left-padded instruction batches with gist masks (see loop.py);
+    for an encoder-decoder model, right-padded T5 batches (input_ids, padding_mask, labels) for `T5GistLoss`."""
 
     def __init__(self, cfg: GistTrainConfig):
         if cfg.condition not in CONDITIONS:
@@ -61,29 +67,44 @@ class InstructionBatches:
             held = set(order[:n_val])
             val_examples = [e for i, e in enumerate(train_examples) if i in held] or train_examples
             train_examples = [e for i, e in enumerate(train_examples) if i not in held]
-        self.tokenizer = _tokenizer(cfg, train_examples + val_examples)
+        model_dir = _model_dir(cfg)
+        self.tokenizer = _tokenizer(cfg, model_dir, train_examples + val_examples)
+        self.seq2seq = model_dir is not None and is_encoder_decoder_dir(model_dir)
         self.fresh_token = GIST_TOKEN not in self.tokenizer.get_vocab()
         self.gist_id = add_gist_token(self.tokenizer)
         self.condition, self.num_gists = cfg.condition, cfg.gists
         self.pad_id = self.tokenizer.eos_token_id
-        self.train = [encode_example(self.tokenizer, e, cfg.gists) for e in train_examples]
-        self.val = [encode_example(self.tokenizer, e, cfg.gists) for e in val_examples]
+        encode = t5_encode_example if self.seq2seq else encode_example
+        self.train = [encode(self.tokenizer, e, cfg.gists) for e in train_examples]
+        self.val = [encode(self.tokenizer, e, cfg.gists) for e in val_examples]
+        n_tokens = sum(len(e.source) + len(e.target) if self.seq2seq else len(e.input_ids) for e in self.train)
         self.meta = {"vocab_size": len(self.tokenizer), "eot_id": self.pad_id, "n_train_examples": len(self.train),
-                     "n_train_tokens": sum(len(e.input_ids) for e in self.train), "gists": cfg.gists,
-                     "condition": cfg.condition}
+                     "n_train_tokens": n_tokens, "gists": cfg.gists, "condition": cfg.condition}
 
     def prepare_model(self, model, fresh: bool) -> None:
         """Give the model a (mean-initialised) `<GIST>` row and record the gist settings in its config."""
+        if self.seq2seq != is_encoder_decoder(model):
+            raise BackpackError("the batches were laid out for another kind of model (encoder-decoder vs decoder-only)")
+        if self.seq2seq:
+            check_t5(model)
         init_gist_rows(model, self.gist_id, fresh and self.fresh_token)
         positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-        longest = max(len(e.input_ids) for e in self.train + self.val)
-        if positions and longest > positions:
-            raise BackpackError(f"an example has {longest} tokens, more than the model's {positions} positions")
+        if positions and not self.seq2seq:
+            longest = max(len(e.input_ids) for e in self.train + self.val)
+            if longest > positions:
+                raise BackpackError(f"an example has {longest} tokens, more than the model's {positions} positions")
         model.config.gist_token_id = self.gist_id
         model.config.gist_condition = self.condition
         model.config.num_gists = self.num_gists
 
+    def training_module(self, model):
+        """What the loop calls with each batch: the model, or for T5 the model behind `T5GistLoss`."""
+        return T5GistLoss(model, self.gist_id, self.condition) if self.seq2seq else model
+
     def _batch(self, examples) -> dict[str, torch.Tensor]:
+        if self.seq2seq:
+            batch = t5_collate(examples, self.pad_id)
+            return {"input_ids": batch.input_ids, "padding_mask": batch.padding_mask, "labels": batch.labels}
         return collate(examples, self.pad_id, self.gist_id, self.condition).model_inputs()
 
     def train_batch(self, n: int, block_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -95,30 +116,38 @@ class InstructionBatches:
         """Mean cross-entropy (nats/token) over the completion tokens of the first validation batches."""
         was_training = model.training
         model.eval()
+        forward = self.training_module(model)
         total, count = 0.0, 0
         batch_size = max(batch_size, 8)
         for start in range(0, min(len(self.val), batch_size * max_batches), batch_size):
             batch = {k: v.to(device) for k, v in self._batch(self.val[start:start + batch_size]).items()}
-            n = int((batch["labels"][:, 1:] != IGNORE).sum())
-            total += model(**batch, use_cache=False).loss.item() * n
+            labels = batch["labels"] if self.seq2seq else batch["labels"][:, 1:]  # causal LMs shift by one
+            n = int((labels != IGNORE).sum())
+            total += forward(**batch, use_cache=False).loss.item() * n
             count += n
         model.train(was_training)
         return total / max(count, 1)
 
     def unigram_baseline(self, vocab_size: int) -> float:
         """Unigram cross-entropy of the validation completions under the training completions' frequencies."""
-        completion = lambda examples: np.array([t for e in examples for t in e.labels if t != IGNORE], dtype=np.int64)
+        labels = (lambda e: e.target) if self.seq2seq else (lambda e: e.labels)
+        completion = lambda examples: np.array([t for e in examples for t in labels(e) if t != IGNORE], dtype=np.int64)
         return unigram_loss(completion(self.train), completion(self.val), vocab_size)
 
 
-def _tokenizer(cfg: GistTrainConfig, examples):
+def _model_dir(cfg: GistTrainConfig) -> Path | None:
+    """The directory the run's model comes from: the checkpoint to resume, or the model to fine-tune (None: from
+    scratch)."""
     if cfg.resume:
         checkpoint = latest_checkpoint(Path(cfg.out))
         if checkpoint is None:
             raise BackpackError(f"--resume: {cfg.out} holds no checkpoint to resume")
-        tokenizer = load_tokenizer_if_present(checkpoint)
-    elif cfg.init_from:
-        model_dir = resolve_model_dir(cfg.init_from)
+        return checkpoint
+    return resolve_model_dir(cfg.init_from) if cfg.init_from else None
+
+
+def _tokenizer(cfg: GistTrainConfig, model_dir: Path | None, examples):
+    if model_dir is not None:
         tokenizer = load_tokenizer_if_present(model_dir)
         if tokenizer is None:
             raise BackpackError(f"{model_dir} has no tokenizer files; gist training needs the model's tokenizer")

@@ -24,14 +24,24 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise BackpackError(f"{path} is not a model directory (no config.json) nor a training run (no latest.json)")
 
 
+def is_encoder_decoder_dir(path: str | Path) -> bool:
+    """Whether the model directory (or run) holds an encoder-decoder model (e.g. T5), from its config.json."""
+    config_file = resolve_model_dir(path) / "config.json"
+    try:
+        return bool(json.loads(config_file.read_text()).get("is_encoder_decoder", False))
+    except (OSError, ValueError) as err:
+        raise BackpackError(f"cannot read {config_file}: {err}") from None
+
+
 def load_model(path: str | Path, device: str = "cpu", **kwargs):
-    """(model, tokenizer or None) in eval mode. Missing, unexpected or mis-shaped weights are an error, never
-    silently re-initialized."""
-    from transformers import AutoModelForCausalLM
+    """(model, tokenizer or None) in eval mode: a causal LM, or a sequence-to-sequence LM (T5) when the config says
+    is_encoder_decoder. Missing, unexpected or mis-shaped weights are an error, never silently re-initialized."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     model_dir = resolve_model_dir(path)
+    auto = AutoModelForSeq2SeqLM if is_encoder_decoder_dir(model_dir) else AutoModelForCausalLM
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+        model, info = auto.from_pretrained(model_dir, output_loading_info=True, **kwargs)
     except BackpackError:
         raise
     except Exception as err:  # corrupted / truncated / foreign files surface as many exception types

@@ -96,7 +96,9 @@ class TokenWindows:
 
     A source has `meta` (vocab_size, eot_id, n_train_tokens, ...), `tokenizer`, `prepare_model(model, fresh)`,
     `train_batch(n, block_size, generator)` -> forward kwargs with labels, `val_loss(model, block_size, batch_size,
-    max_batches, device)` and `unigram_baseline(vocab_size)`.
+    max_batches, device)` and `unigram_baseline(vocab_size)`; optionally `training_module(model)`, the module the
+    loop calls with each batch (default: the model; e.g. a wrapper that gives T5's encoder and cross-attention
+    their own gist masks).
     """
 
     def __init__(self, data_dir: str):
@@ -204,9 +206,10 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         raise BackpackError(f"the data's tokenizer has {len(data.tokenizer)} tokens; the model only {config.vocab_size}")
 
     max_steps = cfg.max_steps or state.get("max_steps") or 1000
-    positions = getattr(config, "n_positions", None) or config.max_position_embeddings  # GPT-2 / Llama names
+    # GPT-2 / Llama names; None for relative positions (T5)
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     block_size = cfg.block_size or state.get("block_size") or positions
-    if block_size > positions:
+    if positions and block_size and block_size > positions:
         raise BackpackError(f"block size {block_size} exceeds the model's {positions} positions")
     if cfg.batch_size % (env.world_size * cfg.grad_accum):
         raise BackpackError(
@@ -229,7 +232,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     step = state.get("step", 0)
     best = state.get("best_val_loss", math.inf)
 
-    train_model = model
+    train_model = data.training_module(model) if hasattr(data, "training_module") else model
     if cfg.compile:
         train_model = torch.compile(train_model)
     if env.enabled:
