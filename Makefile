@@ -2,7 +2,8 @@
 #   make demo    train a tiny Backpack on Shakespeare (CPU, ~4 minutes) and show samples and senses
 #   make test    run the test suite
 #   make bench   run the benchmarks (writes bench/results/*.json); the longer experiment scripts
-#                (bench/senses_world.py, topic_control.py, topic_headroom.py, heads_example.py, gist_savings.py, gist_world.py) run by hand
+#                (bench/senses_world.py, topic_control.py, topic_headroom.py, heads_example.py, gist_savings.py,
+#                gist_world.py, gist_t5_savings.py, shakespeare_senses.py) run by hand
 # On another machine pick your own torch build, e.g. `make test TORCH_SPEC="torch==2.5.1"`.
 
 PYTHON      ?= python3
