@@ -10,7 +10,8 @@ completions on every split (ROUGE-L, exact match), and time no cache / instructi
 split's prompts (50+ tokens; those that fit the model's 256 positions with 16 new tokens) with the gist-1 model
 at batch 1 and 8. Runs whose final checkpoint exists are reused.
 
-Writes bench/results/gist_savings.json, gist_quality.md, gist_savings.md and gist_quality_vs_compression.png.
+Writes bench/results/gist_savings.json (quality and savings) and gist_savings.md. The quality table of record is
+bench/gist_world.py's (word-level world, every condition at k = 1, 2, 5, 10).
 Run:  .venv/bin/python bench/gist_savings.py [--steps 400 --work /tmp/gist_bench --threads 1]
 """
 
@@ -26,8 +27,8 @@ from common import RESULTS_DIR, save_result
 
 from backpacklm.gist.data import load_examples
 from backpacklm.gist.evaluate import evaluate_gist, quality_table
-from backpacklm.gist.layout import encode_example, encode_instruction
-from backpacklm.gist.savings import measure_savings, quality_vs_compression_png
+from backpacklm.gist.layout import encode_example
+from backpacklm.gist.savings import measure_savings
 from backpacklm.gist.train import GistTrainConfig, train_gist
 from backpacklm.model.loading import load_model
 from backpacklm.worlds.instructions import InstructionWorldConfig, generate_instruction_world, write_instruction_world
@@ -97,10 +98,6 @@ def main() -> None:
         savings = report.to_dict()
         print(report.table())
         (RESULTS_DIR / "gist_savings.md").write_text(report.table() + "\n")
-        seen = load_examples(splits["seen"])
-        seen_tokens = sum(len(encode_instruction(tokenizer, e.instruction, 0)) for e in seen) / len(seen)
-        quality_vs_compression_png(evaluations, seen_tokens, RESULTS_DIR / "gist_quality_vs_compression.png", "seen")
-    (RESULTS_DIR / "gist_quality.md").write_text(table + "\n")
     save_result("gist_savings", {
         "settings": {**vars(args), "model": MODEL, "world": WORLD, "runs": runs},
         "training": training,

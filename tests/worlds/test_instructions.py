@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from tokenizers import pre_tokenizers
 
+from backpacklm.data.tokenizers import load_tokenizer
 from backpacklm.errors import BackpackError
+from backpacklm.gist.layout import GistExample, encode_example, gist_token_id
 from backpacklm.worlds.instructions import (
     CONNECTIVES,
     LENGTH_MATCHED,
@@ -31,6 +34,8 @@ def _expected(letters: list[str], tasks: list[str], params: list[dict]) -> str:
             "replace": lambda s: [p["dst"] if x == p["src"] else x for x in s],
             "count": lambda s: [str(len(s))],
             "first": lambda s: s[:1],
+            "second": lambda s: s[1:2],
+            "third": lambda s: s[2:3],
             "last": lambda s: s[-1:],
             "min": lambda s: [sorted(s)[0]],
             "max": lambda s: [sorted(s)[-1]],
@@ -99,13 +104,16 @@ def test_every_task_and_composites_present(world):
 
 
 def test_one_symbol_tasks_have_length_matched_phrasings():
-    for i in range(len(PHRASINGS["count"])):
+    for i in range(len(PHRASINGS["count"])):  # same characters per phrasing id: char models see the same positions
         assert len({len(PHRASINGS[task][i]) for task in LENGTH_MATCHED}) == 1, i
+    # and four words each: word-level models see one instruction length whatever the task and phrasing
+    assert {len(PHRASINGS[task][i].split()) for task in LENGTH_MATCHED for i in range(5)} == {4}
 
 
 def test_long_instructions_are_long(world):
-    assert min(len(r["instruction"]) for r in world.splits["long"]) >= 80  # 50+ tokens for a char tokenizer
-    assert max(len(r["instruction"]) for r in world.splits["long"]) <= 180  # prompt + answer fit 256 positions
+    pieces = pre_tokenizers.ByteLevel(add_prefix_space=False)  # the word pieces of build_word_tokenizer
+    assert min(len(pieces.pre_tokenize_str(r["instruction"])) for r in world.splits["long"]) >= 50
+    assert max(len(r["instruction"]) for r in world.splits["long"]) <= 400  # char-level prompts fit 512 positions
 
 
 def test_bad_config_is_one_error():
@@ -113,6 +121,8 @@ def test_bad_config_is_one_error():
         generate_instruction_world(InstructionWorldConfig(tasks=("reverse", "shout")))
     with pytest.raises(BackpackError, match="max_len"):
         generate_instruction_world(InstructionWorldConfig(letters="abc", max_len=5))
+    with pytest.raises(BackpackError, match="min_len >= 3"):
+        generate_instruction_world(InstructionWorldConfig(tasks=("third", "count"), min_len=2))
 
 
 def test_cli_writes_alpaca_json_and_ground_truth(tmp_path, capsys):
@@ -125,5 +135,9 @@ def test_cli_writes_alpaca_json_and_ground_truth(tmp_path, capsys):
         assert json.loads((tmp_path / "w" / f"{split}.json").read_text()) == records
     truth = json.loads((tmp_path / "w" / "ground_truth.json").read_text())
     assert truth["examples"]["seen"] == world.truth["seen"] and truth["config"]["seed"] == 3
+    tokenizer = load_tokenizer(tmp_path / "w" / "tokenizer")  # word-level, every split's words known
+    record = world.splits["long"][0]
+    ids = encode_example(tokenizer, GistExample(**record), 1).input_ids
+    assert tokenizer.unk_token_id not in ids and ids.count(gist_token_id(tokenizer)) == 1
     code, out, err = run_cli(capsys, "world", "instructions", "--out", tmp_path / "x", "--tasks", "reverse,shout")
     assert code == 2 and err.strip().count("\n") == 0 and "unknown task(s) shout" in err

@@ -47,9 +47,10 @@ def _register_instructions(kinds) -> None:
     d = InstructionWorldConfig()
     p = kinds.add_parser(
         "instructions",
-        help="instruction data (Alpaca JSON) a tiny char-level model can learn, for gist tokens",
-        description="Write DIR/{train,seen,unseen_phrasing,unseen_composition,long}.json (Alpaca format) and "
-        "DIR/ground_truth.json (each example's tasks, parameters, phrasings).",
+        help="instruction data (Alpaca JSON) a tiny model can learn, for gist tokens",
+        description="Write DIR/{train,seen,unseen_phrasing,unseen_composition,long}.json (Alpaca format), "
+        "DIR/ground_truth.json (each example's tasks, parameters, phrasings) and DIR/tokenizer (word-level, over "
+        "every split, with <GIST>: pass it to `backpack gist train --tokenizer`).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write")
@@ -69,6 +70,7 @@ def _register_instructions(kinds) -> None:
 
 
 def run_instructions(args: argparse.Namespace) -> None:
+    from ..gist.layout import GistExample, build_gist_word_tokenizer
     from ..worlds.instructions import InstructionWorldConfig, generate_instruction_world, write_instruction_world
 
     config = InstructionWorldConfig(
@@ -79,6 +81,9 @@ def run_instructions(args: argparse.Namespace) -> None:
     )
     world = generate_instruction_world(config)
     paths = write_instruction_world(world, args.out)
+    examples = [GistExample(**record) for records in world.splits.values() for record in records]
+    paths["tokenizer"] = args.out / "tokenizer"
+    build_gist_word_tokenizer(examples).save_pretrained(paths["tokenizer"])
     sizes = ", ".join(f"{split} {len(records)}" for split, records in world.splits.items())
     print(f"{sizes} examples; held-out compositions: {len(world.unseen_compositions)}")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")

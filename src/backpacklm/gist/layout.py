@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from tokenizers import AddedToken
 
-from ..data.tokenizers import build_char_tokenizer, encode_strict
+from ..data.tokenizers import build_char_tokenizer, build_word_tokenizer, encode_strict
 from ..errors import BackpackError
 
 GIST_TOKEN = "<GIST>"
@@ -159,3 +159,13 @@ def build_gist_char_tokenizer(examples: list[GistExample]):
     add_gist_token(tokenizer)
     return tokenizer
 
+
+def build_gist_word_tokenizer(examples: list[GistExample]):
+    """A word-level tokenizer (`build_word_tokenizer`: one id per GPT-2 style word piece) over the examples and the
+    layout, plus `<|endoftext|>`, `<|unk|>` and `<GIST>`: for worlds with a small vocabulary, whose prompts are then a
+    few tokens long (pass every split's examples, so that no evaluation word is unknown)."""
+    texts = [text for e in examples for text in (INSTRUCTION_TEMPLATE.format(instruction=e.instruction), _tail_text(e),
+                                                 _tail_text(e).removeprefix("\n"), COMPLETION_TEMPLATE.format(output=e.output))]
+    tokenizer = build_word_tokenizer(texts)
+    add_gist_token(tokenizer)
+    return tokenizer

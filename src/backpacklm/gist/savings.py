@@ -186,22 +186,22 @@ def measure_savings(model, tokenizer, examples: list[GistExample], batch_sizes=(
 
 
 def quality_vs_compression_png(evaluations, mean_instruction_tokens: float, path, split: str | None = None):
-    """ROUGE-L of gist models against compression ratio (instruction tokens / k), with pos_control and neg_control
-    as reference lines."""
+    """ROUGE-L against compression ratio (instruction tokens / k), one line per condition; a condition evaluated at
+    a single k (e.g. the controls) is drawn as a horizontal reference line."""
     from ..plots import plt, save_figure
 
     split = split or next(iter(evaluations[0].splits))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    gist = sorted((mean_instruction_tokens / e.num_gists, e.splits[split].rouge_l, e.num_gists)
-                  for e in evaluations if e.condition == "gist" and split in e.splits)
-    if gist:
-        ax.plot([g[0] for g in gist], [g[1] for g in gist], "o-", label="gist")
-        for x, y, k in gist:
-            ax.annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    for condition, style in (("pos_control", "--"), ("neg_control", ":")):
-        for e in evaluations:
-            if e.condition == condition and split in e.splits:
-                ax.axhline(e.splits[split].rouge_l, ls=style, color="gray", label=f"{condition} (k={e.num_gists})")
+    for condition, style in (("gist", "o-"), ("pos_control", "s--"), ("neg_control", "^:")):
+        points = sorted((mean_instruction_tokens / e.num_gists, e.splits[split].rouge_l, e.num_gists)
+                        for e in evaluations if e.condition == condition and split in e.splits)
+        if len(points) == 1 and condition != "gist":
+            ax.axhline(points[0][1], ls=style[1:], color="gray", label=f"{condition} (k={points[0][2]})")
+        elif points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=condition)
+            if condition == "gist":
+                for x, y, k in points:
+                    ax.annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (instruction tokens / gist tokens)")
     ax.set_ylabel(f"ROUGE-L on {split}")

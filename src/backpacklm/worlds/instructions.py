@@ -1,4 +1,4 @@
-"""A synthetic instruction world: Alpaca-format data whose instructions a tiny char-level model can learn.
+"""A synthetic instruction world: Alpaca-format data whose instructions a tiny model can learn.
 
 Every example applies one task (or a composition of two) to a short sequence of distinct letters, written with
 spaces between them (`c a e b`), so that ROUGE-L over its word tokens gives partial credit letter by letter.
@@ -8,6 +8,7 @@ The tasks (`TASKS`):
     repeat         c a e   -> c a e c a e      every_second  c a e b -> c e
     replace X Y    c a e b -> c y e b (X=a)    count         c a e b -> 4
     first          c a e b -> c                last          c a e b -> b
+    second         c a e b -> a                third         c a e b -> e
     min            c a e b -> a                max           c a e b -> e
 
 Each task has several phrasings; a composition joins two phrasings with a connective ("..., then ..."). The splits
@@ -16,7 +17,7 @@ hold ground truth by construction (Mu et al. 2023 evaluate on seen / unseen inst
     train, seen          seen tasks and compositions, seen phrasings; seen examples never repeat a train example
     unseen_phrasing      every instruction uses a held-out phrasing of a seen task (in a seen composition, if any)
     unseen_composition   task pairs never composed in train, with seen phrasings
-    long                 seen instructions wrapped in a verbose preamble and closing (80+ characters; savings checks)
+    long                 seen instructions wrapped in a verbose preamble and closing (50+ words; savings checks)
 
 Which phrasing ids (the same for every task) and compositions are held out is drawn from the seed. `ground_truth.json` records, per example
 and in split order, its tasks, parameters, phrasing ids and connective, plus the tables they index.
@@ -33,19 +34,21 @@ from ..errors import BackpackError
 
 # phrasings: `{src}` / `{dst}` are the replace task's symbols
 PHRASINGS: dict[str, list[str]] = {
+    # reverse, sort and the one-symbol tasks (LENGTH_MATCHED): four words each, phrasing i of the same length in
+    # characters for all seven
     "reverse": [
-        "reverse the letters",
-        "write the letters backwards",
-        "give the letters in reverse order",
-        "read the letters from right to left",
-        "flip the order of the letters",
+        "flip the letter order",
+        "reverse all the letters",
+        "turn the sequence around",
+        "say the letters backwards",
+        "write them in reverse",
     ],
     "sort": [
-        "sort the letters",
-        "put the letters in alphabetical order",
-        "arrange the letters from a to z",
-        "order the letters alphabetically",
-        "list the letters as in the alphabet",
+        "arrange them in order",
+        "give the sorted letters",
+        "write the sorted letters",
+        "write the sequence sorted",
+        "list letters in order",
     ],
     "repeat": [
         "repeat the letters twice",
@@ -68,53 +71,72 @@ PHRASINGS: dict[str, list[str]] = {
         "swap each {src} for {dst}",
         "turn the letter {src} into {dst}",
     ],
-    # the one-symbol tasks' phrasing i has the same length for all five (see LENGTH_MATCHED)
     "count": [
         "give the letter count",
-        "say how many letters you see",
-        "write the sequence length",
-        "name how many letters it has",
-        "what is the letter count",
+        "say the sequence length",
+        "name the sequence length",
+        "state the sequence length",
+        "tell the letter count",
     ],
     "first": [
         "give the first letter",
-        "say which letter comes first",
-        "write the leftmost letter",
-        "name the letter at the start",
-        "what is the first letter",
+        "say the leftmost letter",
+        "write the opening letter",
+        "state the leftmost letter",
+        "tell the first letter",
+    ],
+    "second": [
+        "say the second letter",
+        "write the second letter",
+        "choose the second letter",
+        "provide the second letter",
+        "say letter number two",
+    ],
+    "third": [
+        "give the third letter",
+        "say letter number three",
+        "name letter number three",
+        "write letter number three",
+        "pick the third letter",
     ],
     "last": [
         "give the final letter",
-        "say which letter is the last",
+        "say the trailing letter",
+        "write the closing letter",
         "write the trailing letter",
-        "name the letter at the close",
-        "what is the final letter",
+        "write the last letter",
     ],
     "min": [
         "give the least letter",
-        "say which letter is smallest",
-        "write the earliest letter",
-        "name the letter nearest to a",
-        "what is the least letter",
+        "say the smallest letter",
+        "name the earliest letter",
+        "write the smallest letter",
+        "tell the least letter",
     ],
     "max": [
         "give the greatest one",
-        "say which letter is greatest",
-        "write the greatest letter",
-        "name the alphabetically last",
-        "what's the latest letter",
+        "say the greatest letter",
+        "write the highest letter",
+        "report the largest letter",
+        "say the latest letter",
     ],
 }
 TASKS = tuple(PHRASINGS)
-REDUCERS = ("count", "first", "last", "min", "max")  # one-symbol outputs: only ever the last task of a composition
-# Phrasing i of each of these tasks has the same length, so a task drawn from them cannot be read off the
-# instruction's length (which models with absolute positions see through the input's position ids, even when a mask
-# hides the instruction itself, as in neg_control).
-LENGTH_MATCHED = REDUCERS
+REDUCERS = ("count", "first", "second", "third", "last", "min", "max")  # one-symbol outputs: only ever the last task of a composition
+# Phrasing i of each of these tasks has the same number of characters, and all have four words, so a task drawn from
+# them cannot be read off the instruction's length (which models with absolute positions see through the input's
+# position ids, even when a mask hides the instruction itself, as in neg_control); with a word-level tokenizer every
+# single instruction among them has the same length, and a composition's length depends only on its connective.
+LENGTH_MATCHED = ("reverse", "sort") + REDUCERS
+POSITIONS = {"first": 0, "second": 1, "third": 2, "last": -1}  # the positional one-symbol tasks' index
 CONNECTIVES = ["{a}, then {b}", "first {a}; after that {b}", "{a} and then {b}"]
-PREAMBLES = [  # about 70 characters around the instruction: 50+ tokens, yet prompt and answer fit 256 positions
-    "Read the letters below, which are separated by spaces, and {instruction}. Answer only.",
-    "Letters follow, one space apart. Your task: {instruction}. Give only the answer.",
+PREAMBLES = [  # 50+ word pieces and 300-400 characters around the instruction (the savings checks' long prompts)
+    "Read the letters below, which are written on one line with a single space between each pair of neighbouring "
+    "letters, and look at every one of them from the start of the line to its end before you answer. Then "
+    "{instruction}. Answer with the result only, on one line, with no other words and no explanation.",
+    "Some letters follow, one space apart, in a single line. Take your time and read all of them with care, since "
+    "every letter may matter for the answer that you give. When you have read them all, {instruction}. Reply with "
+    "nothing but the answer itself: no extra words, no reasons, and no comments around it.",
 ]
 REPLACEMENTS = "xyz"  # replace targets never occur in inputs
 
@@ -142,6 +164,8 @@ class InstructionWorldConfig:
             raise BackpackError("tasks must be a non-empty list without repeats")
         if not 1 <= self.min_len <= self.max_len <= len(self.letters):
             raise BackpackError(f"need 1 <= min_len <= max_len <= {len(self.letters)} (distinct letters)")
+        if self.min_len < 3 and {"second", "third"} & set(self.tasks):
+            raise BackpackError("tasks second and third need min_len >= 3")
         if set(self.letters) & set(REPLACEMENTS) or not self.letters.isalpha() or not self.letters.islower():
             raise BackpackError(f"letters must be distinct lowercase letters without {REPLACEMENTS}")
         if not 1 <= self.unseen_phrasings < len(PHRASINGS[TASKS[0]]):
@@ -202,13 +226,17 @@ def apply_task(task: str, letters: list[str], params: dict[str, str]) -> list[st
         return [params["dst"] if x == params["src"] else x for x in letters]
     if task == "count":
         return [str(len(letters))]
-    if task in ("first", "last", "min", "max"):
-        return [{"first": letters[0], "last": letters[-1], "min": min(letters), "max": max(letters)}[task]]
+    if task in POSITIONS:
+        return [letters[POSITIONS[task]]]
+    if task in ("min", "max"):
+        return [min(letters) if task == "min" else max(letters)]
     raise BackpackError(f"unknown task {task!r}")
 
 
 def _possible_pairs(tasks: tuple[str, ...]) -> list[tuple[str, str]]:
-    return [(a, b) for a in tasks for b in tasks if a != b and a not in REDUCERS]
+    """(a, b): a is not a reducer; every_second (which may leave two letters) is never followed by third."""
+    return [(a, b) for a in tasks for b in tasks
+            if a != b and a not in REDUCERS and (a, b) != ("every_second", "third")]
 
 
 def _split_pairs(pairs: list[tuple[str, str]], fraction: float, rng: random.Random):
