@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from backpacklm.model.loading import load_model
+from tests.gist.cli_checks import check_compress_and_generate_reject_bad_prompts
 from tests.helpers import run_cli
 
 TINY = ["--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--num-senses", "2", "--n-positions", "96",
@@ -85,20 +85,6 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     code, out, err = run_cli(capsys, "gist", "train", "--data", missing, "--out", tmp_path / "r", *TINY)
     assert code == 2 and err.count("\n") == 1 and "record 0 has no string field 'output'" in err
 
-    code, out, err = run_cli(capsys, "gist", "compress", "--model", model_dir, "--prompt", "Instruction: sort\n",
-                             "--out", tmp_path / "x.safetensors")
-    assert code == 2 and err.count("\n") == 1 and "has no <GIST> token" in err
-    assert not (tmp_path / "x.safetensors").exists()
-
-    assert run_cli(capsys, "gist", "compress", "--model", model_dir, "--prompt", "Instruction: sort\n<GIST><GIST>",
-                   "--out", tmp_path / "c.safetensors")[0] == 0
-    model, tokenizer = load_model(model_dir)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[0] += 0.5
-    model.save_pretrained(tmp_path / "other")
-    tokenizer.save_pretrained(tmp_path / "other")
-    code, out, err = run_cli(capsys, "gist", "generate", "--model", tmp_path / "other", "--compressed",
-                             tmp_path / "c.safetensors", "--input", "a b")
-    assert code == 2 and err.count("\n") == 1 and "compressed by another model" in err
+    check_compress_and_generate_reject_bad_prompts(capsys, model_dir, tmp_path)
     code, out, err = run_cli(capsys, "gist", "generate", "--model", model_dir, "--compressed", data, "--input", "a b")
     assert code == 2 and err.count("\n") == 1 and "not a readable compressed-prompt file" in err

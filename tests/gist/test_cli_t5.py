@@ -19,6 +19,7 @@ from backpacklm.gist.layout import GIST_TOKEN, GistExample, decode_completion, l
 from backpacklm.gist.t5 import T5GistLoss, t5_encode_example
 from backpacklm.gist.train import GistTrainConfig, InstructionBatches
 from backpacklm.model.loading import load_model
+from tests.gist.cli_checks import check_compress_and_generate_reject_bad_prompts
 from tests.helpers import run_cli
 
 RECORDS = [{"instruction": instr, "input": " ".join(s), "output": " ".join(f(s))}
@@ -140,21 +141,7 @@ def test_compress_generate_eval_bench_on_t5(trained, tmp_path, capsys):
 def test_bad_input_on_t5_is_one_line_exit_2(trained, tmp_path, capsys):
     root, data = trained
     model_dir = root / "run" / "model"
-    code, out, err = run_cli(capsys, "gist", "compress", "--model", model_dir, "--prompt", "Instruction: sort\n",
-                             "--out", tmp_path / "x.safetensors")
-    assert code == 2 and err.count("\n") == 1 and "has no <GIST> token" in err
-    assert not (tmp_path / "x.safetensors").exists()
-
-    assert run_cli(capsys, "gist", "compress", "--model", model_dir, "--prompt", "Instruction: sort\n<GIST><GIST>",
-                   "--out", tmp_path / "c.safetensors")[0] == 0
-    model, tokenizer = load_model(model_dir)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[0] += 0.5
-    model.save_pretrained(tmp_path / "other")
-    tokenizer.save_pretrained(tmp_path / "other")
-    code, out, err = run_cli(capsys, "gist", "generate", "--model", tmp_path / "other", "--compressed",
-                             tmp_path / "c.safetensors", "--input", "a b")
-    assert code == 2 and err.count("\n") == 1 and "compressed by another model" in err
+    check_compress_and_generate_reject_bad_prompts(capsys, model_dir, tmp_path)
     code, out, err = run_cli(capsys, "gist", "train", "--model", root / "t5", "--data", data, "--out",
                              tmp_path / "r", "--gists", "0", "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "--gists must be between 1 and 64" in err
