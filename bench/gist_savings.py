@@ -1,18 +1,17 @@
-"""Gist tokens on the synthetic instruction world: quality per condition and k, and what gist caching saves.
+"""What gist caching saves on the synthetic instruction world's long instructions (issue 5, sec. 4-5).
 
-Claims under test (issue 5, sec. 4-5): gist-1 ROUGE-L on seen instructions is within 10 points of pos_control and
-20+ above neg_control; gist caching stores >= instruction_tokens / k times fewer key/value bytes than instruction
-caching, and its time to first token is lower than no caching for instructions of 50+ tokens.
+Claims under test: gist caching stores >= instruction_tokens / k times fewer key/value bytes than caching the whole
+instruction, and reaches the first token sooner than no caching for instructions of 50+ tokens.
 
-Steps: generate the world (`backpacklm.worlds.instructions`, seed 0, the one-symbol tasks first/last/min/max/count),
-train from scratch one char-level model (default: our Transformer, d=64, L=2; `--arch backpack`) per (condition, k) with `train_gist` (gist k = 1, 2, 5, 10; pos_control and neg_control with k = 1), evaluate greedy
-completions on every split (ROUGE-L, exact match), and time no cache / instruction cache / gist cache on the `long`
-split's prompts (50+ tokens; those that fit the model's 256 positions with 16 new tokens) with the gist-1 model
-at batch 1 and 8. Runs whose final checkpoint exists are reused.
+Steps (the protocol of tests/gist/test_ground_truth.py, at its scale): generate the world (seed 0, the one-symbol tasks
+first/last/min/max/count, word-level tokenizer), train a base Transformer here from scratch (d=32, L=4, H=4) with the
+plain causal mask, fine-tune it with k = 1 under the gist mask, then time no cache / instruction cache / gist cache on
+the `long` split's prompts (50+ tokens) at batch 1 and 8: stored bytes, analytic FLOPs of the post-instruction
+forward, time to first token and per generated token (median of `--repeats`). Runs whose checkpoint exists in
+`--work` are reused. Quality per condition and k is bench/gist_world.py's.
 
-Writes bench/results/gist_savings.json (quality and savings) and gist_savings.md. The quality table of record is
-bench/gist_world.py's (word-level world, every condition at k = 1, 2, 5, 10).
-Run:  .venv/bin/python bench/gist_savings.py [--steps 400 --work /tmp/gist_bench --threads 1]
+Writes bench/results/gist_savings.json and gist_savings.md.
+Run:  .venv/bin/python bench/gist_savings.py [--work /tmp/gist_savings --threads 1]
 """
 
 from __future__ import annotations
@@ -22,88 +21,61 @@ import json
 from pathlib import Path
 
 import torch
-
 from common import RESULTS_DIR, save_result
 
 from backpacklm.gist.data import load_examples
-from backpacklm.gist.evaluate import evaluate_gist, quality_table
-from backpacklm.gist.layout import encode_example
+from backpacklm.gist.layout import GistExample, build_gist_word_tokenizer
 from backpacklm.gist.savings import measure_savings
 from backpacklm.gist.train import GistTrainConfig, train_gist
 from backpacklm.model.loading import load_model
 from backpacklm.worlds.instructions import InstructionWorldConfig, generate_instruction_world, write_instruction_world
 
-RUNS = [("gist", 1), ("neg_control", 1), ("pos_control", 1), ("gist", 2), ("gist", 5), ("gist", 10)]
-# the one-symbol tasks (as in tests/gist/test_ground_truth.py): learnable by a 2-layer char model in a few hundred steps
-WORLD = dict(seed=0, tasks=("first", "last", "min", "max", "count"), letters="abcdef", max_len=5, composite_fraction=0.0)
-MODEL = dict(n_embd=64, n_layer=2, n_head=4, n_positions=512)  # room for the long split's prompts
+WORLD = dict(seed=0, n_train=2000, n_eval=100, tasks=("first", "last", "min", "max", "count"), letters="abcdef",
+             max_len=5, composite_fraction=0.0)
+MODEL = dict(n_embd=32, n_layer=4, n_head=4, n_positions=128)
+BASE = dict(max_steps=1200, batch_size=32, lr=1e-2, warmup_steps=30, seed=0)
+FINETUNE = dict(max_steps=600, batch_size=32, lr=3e-3, warmup_steps=30, seed=0)
+
+
+def trained(out: Path, config: GistTrainConfig) -> Path:
+    """Train unless `out` already holds the finished run; returns its model directory."""
+    summary = out / "summary.json"
+    if not (summary.is_file() and json.loads(summary.read_text())["step"] >= config.max_steps):
+        train_gist(config)
+    return out / "model"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--arch", default="transformer", choices=["transformer", "backpack"])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--n-train", type=int, default=2000)
-    parser.add_argument("--n-eval", type=int, default=100, help="examples per evaluation split")
-    parser.add_argument("--work", default="/tmp/gist_bench", help="world files and training runs")
+    parser.add_argument("--work", default="/tmp/gist_savings", help="world files and training runs")
+    parser.add_argument("--prompts", type=int, default=32, help="long-split prompts timed")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", nargs="*", default=None, help="subset, e.g. gist:1 neg_control:1")
-    parser.add_argument("--train-only", action="store_true", help="only train (e.g. a second process for some runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    if not (work / "world" / "train.json").is_file():  # reuse: the runs in `work` were trained on these files
-        world = generate_instruction_world(InstructionWorldConfig(n_train=args.n_train, n_eval=args.n_eval, **WORLD))
+    if not (work / "world" / "train.json").is_file():
+        world = generate_instruction_world(InstructionWorldConfig(**WORLD))
         write_instruction_world(world, work / "world")
-    paths = {path.stem: path for path in sorted((work / "world").glob("*.json"))}
-    # `long` (instructions of 50+ tokens, beyond the training lengths) is for the savings timing, not for quality
-    splits = {name: str(path) for name, path in paths.items() if name not in ("train", "ground_truth", "long")}
-    runs = [(c, int(k)) for c, k in (r.split(":") for r in args.runs)] if args.runs else RUNS
-
-    evaluations, training = [], {}
-    for condition, k in runs:
-        out = work / f"{condition}-k{k}"
-        summary_path = out / "summary.json"
-        done = summary_path.is_file() and json.loads(summary_path.read_text())["step"] >= args.steps
-        if not done:
-            train_gist(GistTrainConfig(
-                data=str(paths["train"]), out=str(out), gists=k, condition=condition, max_steps=args.steps, arch=args.arch,
-                batch_size=args.batch_size, lr=3e-3, warmup_steps=30, eval_interval=max(args.steps // 4, 1),
-                model_overrides=MODEL, threads=args.threads, resume=out.exists() and (out / "latest.json").exists(),
-            ))
-        training[f"{condition}-k{k}"] = json.loads(summary_path.read_text())
-        if args.train_only:
-            continue
-        evaluation = evaluate_gist(out / "model", splits, batch_size=50, max_new_tokens=32, progress=True)
-        evaluations.append(evaluation)
-        print(f"{condition} k={k}: " + ", ".join(f"{s} {v.rouge_l:.1f}" for s, v in evaluation.splits.items()),
-              flush=True)
-        save_result("gist_savings", {"settings": {**vars(args), "model": MODEL, "world": WORLD, "runs": runs},
-                                     "training": training,
-                                     "quality": [e.to_dict() for e in evaluations], "savings": None})
-
-    if args.train_only:
-        return
-    table = quality_table(evaluations)
-    print(table)
-    model_dir = work / "gist-k1" / "model"
-    savings = None
-    if model_dir.exists():
-        model, tokenizer = load_model(model_dir)
-        fits = lambda e: len(encode_example(tokenizer, e, 1, with_output=False).input_ids) + 16 <= MODEL["n_positions"]
-        long_examples = [e for e in load_examples(paths["long"]) if fits(e)][:32]
-        report = measure_savings(model, tokenizer, long_examples, batch_sizes=(1, 8), new_tokens=16, repeats=5,
-                                 name="gist-k1 (world, long split)")
-        savings = report.to_dict()
-        print(report.table())
-        (RESULTS_DIR / "gist_savings.md").write_text(report.table() + "\n")
-    save_result("gist_savings", {
-        "settings": {**vars(args), "model": MODEL, "world": WORLD, "runs": runs},
-        "training": training,
-        "quality": [e.to_dict() for e in evaluations],
-        "savings": savings,
-    })
+        examples = [GistExample(**record) for records in world.splits.values() for record in records]
+        build_gist_word_tokenizer(examples).save_pretrained(work / "tokenizer")
+    train = str(work / "world" / "train.json")
+    common = dict(data=train, gists=1, eval_interval=10**6, threads=args.threads)
+    base = trained(work / "base", GistTrainConfig(out=str(work / "base"), arch="transformer", model_overrides=MODEL,
+                                                  tokenizer=str(work / "tokenizer"), condition="pos_control",
+                                                  **common, **BASE))
+    gist = trained(work / "gist-k1", GistTrainConfig(out=str(work / "gist-k1"), init_from=str(base),
+                                                     condition="gist", **common, **FINETUNE))
+    model, tokenizer = load_model(gist)
+    examples = load_examples(work / "world" / "long.json")[: args.prompts]
+    report = measure_savings(model, tokenizer, examples, batch_sizes=(1, 8), new_tokens=args.new_tokens,
+                             repeats=args.repeats, name="gist-k1 (instruction world, long split)")
+    print(report.table())
+    (RESULTS_DIR / "gist_savings.md").write_text(report.table() + "\n", encoding="utf-8")
+    save_result("gist_savings", {"settings": {**vars(args), "world": WORLD, "model": MODEL, "base": BASE,
+                                              "finetune": FINETUNE},
+                                 "savings": report.to_dict()})
 
 
 if __name__ == "__main__":
