@@ -30,6 +30,7 @@ from transformers import DynamicCache
 
 from ..atomic import replacing
 from ..errors import BackpackError
+from ..model.loading import max_positions
 from ..data.batching import pad_rows
 from .layout import GIST_TOKEN, GistExample, encode_example, encode_instruction, encode_tail
 from .masks import allowed_attention, padded_position_ids, to_additive
@@ -223,12 +224,6 @@ def _rstrip(ids: list[int], value: int) -> list[int]:
     while end and ids[end - 1] == value:
         end -= 1
     return ids[:end]
-
-
-def max_positions(model) -> int | None:
-    """The model's context length (None if unbounded)."""
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 def _check_positions(model, positions: torch.Tensor) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from ..data.tokenizers import load_tokenizer
 from ..errors import BackpackError
-from ..model.loading import is_encoder_decoder_dir, load_tokenizer_if_present, resolve_model_dir
+from ..model.loading import is_encoder_decoder_dir, load_tokenizer_if_present, max_positions, resolve_model_dir
 from ..train.checkpoint import latest_checkpoint
 from ..train.loop import TrainConfig, train, unigram_loss
 from .data import collate, load_examples
@@ -88,7 +88,7 @@ class InstructionBatches:
         if self.seq2seq:
             check_t5(model)
         init_gist_rows(model, self.gist_id, fresh and self.fresh_token)
-        positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        positions = max_positions(model)
         if positions and not self.seq2seq:
             longest = max(len(e.input_ids) for e in self.train + self.val)
             if longest > positions:

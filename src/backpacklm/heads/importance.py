@@ -155,7 +155,8 @@ def head_importance(model, tokenizer, task, k: int = 0, seed: int = 0, batch_siz
                     normalize: str = "none", head_mask=None, ffn_mask=None, progress: bool = True) -> HeadImportance:
     """Importance of every head for `task`: its k-shot prompts (seeded demonstrations) with the gold answer appended,
     loss = mean NLL of the answer tokens (see the module docstring for the score)."""
-    from .tasks import answer_batches, max_positions
+    from ..model.loading import max_positions
+    from .tasks import answer_batches
 
     if batch_size < 1:
         raise BackpackError(f"batch size must be >= 1, got {batch_size}")

@@ -161,7 +161,7 @@ def induction_scores(model, tokenizer=None, lengths=DEFAULT_LENGTHS, sequences_p
     adapter = adapter_for(model)
     if repeats < 2:
         raise BackpackError(f"repeats must be >= 2, got {repeats}")
-    from .tasks import max_positions
+    from ..model.loading import max_positions
 
     limit = max_positions(model)
     lengths = [int(n) for n in lengths]

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from ..atomic import replacing
 from ..data.batching import pad_rows
 from ..errors import BackpackError
+from ..model.loading import max_positions
 
 NORMALIZATIONS = ("none", "token", "char")
 
@@ -314,16 +315,6 @@ def pad_batch(sequences: list[list[int]], pad: int, side: str = "right") -> tupl
     mask = real.long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, positions
-
-
-def max_positions(model) -> int | None:
-    """The longest input the model takes (n_positions / max_position_embeddings), or None if unbounded."""
-    config = model.config
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def _truncate(context: list[int], continuation: list[int], limit: int | None) -> list[int]:

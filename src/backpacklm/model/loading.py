@@ -24,6 +24,16 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise BackpackError(f"{path} is not a model directory (no config.json) nor a training run (no latest.json)")
 
 
+def max_positions(model) -> int | None:
+    """The longest input the model takes (GPT-2's n_positions, Llama's max_position_embeddings, n_ctx), or None when
+    its positions are unbounded (relative positions, e.g. T5)."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def is_encoder_decoder_dir(path: str | Path) -> bool:
     """Whether the model directory (or run) holds an encoder-decoder model (e.g. T5), from its config.json."""
     config_file = resolve_model_dir(path) / "config.json"

@@ -25,6 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from ..errors import BackpackError
+from ..model.loading import max_positions
 from .topic import Generation
 
 SMALL = 1e-15  # PPLM's SMALL_CONST: keeps logs and norms finite
@@ -115,7 +116,7 @@ def generate_pplm(model, prompt_ids: list[int], target_ids: list[int], max_new_t
         raise BackpackError("PPLM needs at least one target token")
     if temperature <= 0:
         raise BackpackError(f"temperature must be positive, not {temperature}")
-    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    positions = max_positions(model)
     if positions and len(prompt_ids) + max_new_tokens > positions:
         raise BackpackError(f"{len(prompt_ids)} prompt + {max_new_tokens} new tokens exceed the model's {positions} positions")
     device = next(model.parameters()).device

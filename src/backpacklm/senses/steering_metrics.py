@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import BackpackError
+from ..model.loading import max_positions
 
 Scorer = Callable[[str], bool]
 WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
@@ -76,7 +77,7 @@ def text_features(model, tokenizer, texts: Sequence[str], pooling: str = "mean",
     """[n, d] features of texts: the model's final hidden state, mean over tokens ("mean") or the last token ("last")."""
     if pooling not in ("mean", "last"):
         raise BackpackError(f"pooling must be 'mean' or 'last', not {pooling!r}")
-    limit = max_tokens or getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    limit = max_tokens or max_positions(model) or 1024
     device = next(model.parameters()).device
     encoded = []
     for text in texts:

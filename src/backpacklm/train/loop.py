@@ -27,7 +27,7 @@ from ..data.dataset import TokenData, sample_batch
 from ..errors import BackpackError
 from ..evaluation import mean_loss
 from ..model.config import PRESETS, BackpackConfig
-from ..model.loading import load_model
+from ..model.loading import load_model, max_positions
 from ..model.transformer import build_model
 from . import distributed
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
@@ -96,9 +96,8 @@ class TokenWindows:
 
     A source has `meta` (vocab_size, eot_id, n_train_tokens, ...), `tokenizer`, `prepare_model(model, fresh)`,
     `train_batch(n, block_size, generator)` -> forward kwargs with labels, `val_loss(model, block_size, batch_size,
-    max_batches, device)` and `unigram_baseline(vocab_size)`; optionally `training_module(model)`, the module the
-    loop calls with each batch (default: the model; e.g. a wrapper that gives T5's encoder and cross-attention
-    their own gist masks).
+    max_batches, device)`, `unigram_baseline(vocab_size)` and `training_module(model)`, the module the loop calls
+    with each batch (the model, or e.g. a wrapper that gives T5's encoder and cross-attention their own gist masks).
     """
 
     def __init__(self, data_dir: str):
@@ -111,6 +110,10 @@ class TokenWindows:
 
     def prepare_model(self, model, fresh: bool) -> None:
         """Nothing to adapt: the model's vocabulary already follows the data."""
+
+    def training_module(self, model):
+        """The module the loop calls with each batch: the model itself."""
+        return model
 
     def train_batch(self, n: int, block_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         batch = sample_batch(self.data.train, n, block_size, generator)
@@ -206,8 +209,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         raise BackpackError(f"the data's tokenizer has {len(data.tokenizer)} tokens; the model only {config.vocab_size}")
 
     max_steps = cfg.max_steps or state.get("max_steps") or 1000
-    # GPT-2 / Llama names; None for relative positions (T5)
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    positions = max_positions(model)  # None for relative positions (T5)
     block_size = cfg.block_size or state.get("block_size") or positions
     if positions and block_size and block_size > positions:
         raise BackpackError(f"block size {block_size} exceeds the model's {positions} positions")
@@ -232,7 +234,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     step = state.get("step", 0)
     best = state.get("best_val_loss", math.inf)
 
-    train_model = data.training_module(model) if hasattr(data, "training_module") else model
+    train_model = data.training_module(model)
     if cfg.compile:
         train_model = torch.compile(train_model)
     if env.enabled:
