@@ -17,7 +17,6 @@ Run:  .venv/bin/python bench/gist_t5_savings.py [--prompts 32 --repeats 3 --thre
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch

@@ -8,7 +8,7 @@ import torch
 
 from backpacklm.errors import BackpackError
 from backpacklm.heads import adapter_for
-from backpacklm.heads.importance import HeadImportance, answer_nll, importance_from_batches, load_importance
+from backpacklm.heads.importance import HeadImportance, answer_nll, importance_from_batches
 
 from .models import ARCHS, tiny_model
 
@@ -103,9 +103,9 @@ def test_save_and_load_roundtrip(tmp_path):
     assert paths["png"].stat().st_size > 1000
     assert imp.ranking()[0] == (1, 3)
     for key in ("json", "npy"):
-        np.testing.assert_array_equal(load_importance(paths[key]).scores, imp.scores)
+        np.testing.assert_array_equal(HeadImportance.load(paths[key]).scores, imp.scores)
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(BackpackError, match="not an importance file"):
-        load_importance(tmp_path / "bad.json")
+    with pytest.raises(BackpackError, match="not a valid importance file"):
+        HeadImportance.load(tmp_path / "bad.json")
     with pytest.raises(BackpackError, match="method"):
         importance_from_batches(tiny_model("gpt2"), [batch()], method="magic")

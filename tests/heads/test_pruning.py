@@ -75,6 +75,8 @@ def test_curves_grid_and_transfer_on_a_model(char_model, tmp_path):
     ffn = ffn_importance(model, tok, task, k=1, batch_size=32, progress=False)
     assert ffn.accuracy == unmasked and len(ffn.accuracy_without) == adapter.num_layers
     np.testing.assert_allclose(ffn.scores, unmasked - np.array(ffn.accuracy_without))
+    reread = type(ffn).load(ffn.save(tmp_path)["json"])
+    assert reread.accuracy_without == ffn.accuracy_without and np.array_equal(reread.scores, ffn.scores)
     fcurve = ffn_pruning_curve(model, tok, task, ffn.scores, (0, 50), k=1, batch_size=32, progress=False)
     assert fcurve.accuracies[0] == unmasked
     grid = pruning_grid(model, tok, task, scores, ffn.scores, (0, 50), (0, 50), k=1, batch_size=32, progress=False)

@@ -180,14 +180,14 @@ def run_importance(args) -> None:
 def _importances(args, model, tokenizer, tasks):
     """task name -> HeadImportance (from --importance files in task order, else computed)."""
     from ..errors import BackpackError
-    from ..heads.importance import head_importance, load_importance
+    from ..heads.importance import HeadImportance, head_importance
 
     if args.importance and len(args.importance) not in (1, len(tasks)):
         raise BackpackError(f"give one --importance file, or one per task ({len(tasks)})")
     result = {}
     for i, (task, k) in enumerate(tasks):
         if args.importance:
-            result[task.name] = load_importance(args.importance[min(i, len(args.importance) - 1)])
+            result[task.name] = HeadImportance.load(args.importance[min(i, len(args.importance) - 1)])
         else:
             result[task.name] = head_importance(model, tokenizer, task, k=k, seed=args.seed,
                                                 batch_size=args.batch_size, method=args.method,
@@ -297,9 +297,9 @@ def run_induction(args) -> None:
                               progress=not args.no_progress)
     out = _out(args)
     if args.importance:
-        from ..heads.importance import load_importance
+        from ..heads.importance import HeadImportance
 
-        importance = load_importance(args.importance).scores
+        importance = HeadImportance.load(args.importance).scores
         scores.extra["capacity_retained"] = [capacity_retained(scores.prefix_matching, importance, head_percents,
                                                                "prefix_matching").to_dict()]
         if scores.copying is not None:
@@ -331,9 +331,9 @@ def run_eval(args) -> None:
         if not args.importance:
             raise BackpackError("--prune-percent needs --importance FILE to rank the heads by")
         from ..heads.adapters import adapter_for
-        from ..heads.importance import load_importance
+        from ..heads.importance import HeadImportance
 
-        scores = load_importance(args.importance).scores
+        scores = HeadImportance.load(args.importance).scores
         if scores.shape != adapter_for(model).shape:
             raise BackpackError(f"{args.importance}: scores of shape {list(scores.shape)} do not fit the model's "
                                 f"{list(adapter_for(model).shape)} heads")

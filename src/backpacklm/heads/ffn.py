@@ -10,7 +10,6 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import write_json_atomic
-from ..errors import BackpackError
 from .adapters import adapter_for
 from .gates import ffn_mask_without, masking
 from .scores import ScoreTable
@@ -19,6 +18,8 @@ from .scores import ScoreTable
 @dataclass
 class FFNImportance(ScoreTable):
     """scores [layer] = accuracy - accuracy_without[layer] (positive: the task needs that FFN)."""
+
+    kind = "FFN importance"
 
     scores: np.ndarray
     accuracy: float
@@ -48,18 +49,6 @@ class FFNImportance(ScoreTable):
         ax.grid(alpha=0.3, axis="y")
         save_figure(fig, paths["png"])
         return paths
-
-
-def load_ffn_importance(path: str | Path) -> FFNImportance:
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise BackpackError(f"{path}: no such FFN importance file")
-    try:
-        return FFNImportance.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError) as err:
-        raise BackpackError(f"{path}: not an FFN importance file ({err})") from None
 
 
 def ffn_importance(model, tokenizer, task, k: int = 0, seed: int = 0, batch_size: int = 8,

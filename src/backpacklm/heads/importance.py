@@ -17,7 +17,6 @@ computes activation gradients only and allocates no parameter .grad.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,8 @@ NORMALIZATIONS = ("none", "layer")
 @dataclass
 class HeadImportance(ScoreTable):
     """scores [layer, head] (higher = more important) and how they were computed."""
+
+    kind = "importance"
 
     scores: np.ndarray
     method: str = "token"
@@ -79,20 +80,6 @@ class HeadImportance(ScoreTable):
         title = f"head importance ({self.method}{', layer-normalised' if self.normalize == 'layer' else ''})"
         head_heatmap(self.scores, paths["png"], title=title + (f" - {self.task}" if self.task else ""))
         return paths
-
-
-def load_importance(path: str | Path) -> HeadImportance:
-    """Read scores saved by `HeadImportance.save` (.json or .npy)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BackpackError(f"{path}: no such importance file")
-    try:
-        if path.suffix == ".npy":
-            scores = np.load(path, allow_pickle=False)
-            return HeadImportance(scores=np.asarray(scores, dtype=np.float64))
-        return HeadImportance.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError, OSError) as err:
-        raise BackpackError(f"{path}: not an importance file ({err})") from None
 
 
 def answer_nll(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 
+from ..errors import BackpackError
+
 
 class ScoreTable:
-    """Mixin for a dataclass with a numpy `scores` field and a `ranking()`; `ranking_label` formats one entry."""
+    """Mixin for a dataclass with a numpy `scores` field and a `ranking()`; `ranking_label` formats one entry;
+    `kind` names the table in error messages."""
+
+    kind = "scores"
 
     @staticmethod
     def ranking_label(entry):
@@ -25,3 +32,16 @@ class ScoreTable:
         fields = {k: v for k, v in payload.items() if k in cls.__dataclass_fields__}
         fields["scores"] = np.asarray(payload["scores"], dtype=np.float64)
         return cls(**fields)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read a table saved by `save`: its .json, or its .npy (scores only)."""
+        path = Path(path)
+        if not path.is_file():
+            raise BackpackError(f"{path}: no such {cls.kind} file")
+        try:
+            if path.suffix == ".npy":
+                return cls(scores=np.asarray(np.load(path, allow_pickle=False), dtype=np.float64))
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            raise BackpackError(f"{path}: not a valid {cls.kind} file ({err})") from None
