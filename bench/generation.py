@@ -8,7 +8,7 @@ eval mode, no_grad. Prompts: windows of tinyshakespeare in GPT-2 BPE ids when ..
 
 At each context length c: prefill c - n_new prompt tokens with the cache, then take n_new greedy steps, so the last
 step sees exactly c tokens. Every step is timed four ways, in rotating order (the machine is noisy):
-    cached                 ours(new_token, past_key_values=cache)                    1 position through the model
+    cached                 ours(new_token, cache=cache)                    1 position through the model
     recompute, ours        ours(whole_prefix, use_cache=False)                       all logits, like the official code
     recompute, ours last   ours(whole_prefix, use_cache=False, logits_to_keep=1)     the cheapest no-cache forward
     recompute, naive       bench/naive_backpack.py on the whole prefix               official-style: senses at every
@@ -45,14 +45,14 @@ def timed(fn):
 def bench_context(ours, naive, prompt, n_new):
     """Greedy-decode n_new tokens after `prompt` [1, p]; time each step with every method."""
     (out, prefill_s) = timed(lambda: ours(prompt, use_cache=True))
-    cache, next_id = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    cache, next_id = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
     seq = prompt
     times = {m: [] for m in METHODS}
     max_diff = max_naive_diff = max_logit = 0.0
     for step in range(n_new):
         seq = torch.cat([seq, next_id], dim=1)
         runs = {
-            "cached": lambda: ours(next_id, past_key_values=cache, use_cache=True).logits[:, -1],
+            "cached": lambda: ours(next_id, cache=cache, use_cache=True).logits[:, -1],
             "recompute_ours_full_logits": lambda: ours(seq, use_cache=False).logits[:, -1],
             "recompute_ours_last_logit": lambda: ours(seq, use_cache=False, logits_to_keep=1).logits[:, -1],
             "recompute_naive": lambda: naive(seq)[0][:, -1],

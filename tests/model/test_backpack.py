@@ -75,9 +75,9 @@ def test_cached_decoding_equals_full_forward():
         out = model(x[:, :7], use_cache=True)
         steps = [out.logits]
         for t in range(7, 30):
-            out = model(x[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(x[:, t:t + 1], cache=out.cache, use_cache=True)
             steps.append(out.logits)
-    assert len(out.past_key_values.layers) == model.config.n_layer + 1  # trunk layers + the sense layer
+    assert len(out.cache.layers) == model.config.n_layer + 1  # trunk layers + the sense layer
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
 
 
@@ -118,7 +118,7 @@ def test_interventions_in_forward_and_cache():
         out = model(x[:, :5], use_cache=True, sense_multipliers=multipliers, sense_overrides=override)
         steps = [out.logits]
         for t in range(5, 16):
-            out = model(x[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True,
+            out = model(x[:, t:t + 1], cache=out.cache, use_cache=True,
                         sense_multipliers=multipliers, sense_overrides=override)
             steps.append(out.logits)
     assert (fused.logits - plain).abs().max() > 1e-2  # the intervention changes the output

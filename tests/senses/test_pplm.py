@@ -55,7 +55,7 @@ def test_bow_gradient_raises_topic_mass(setup):
 def test_window_limits_the_perturbation(setup):
     model, tokenizer, topic, *_ = setup
     ids = torch.tensor([tokenizer.encode("the king loves the crown and the sea")])
-    past = [(k, v) for k, v in ((layer.keys, layer.values) for layer in model(ids[:, :-1]).past_key_values.layers)]
+    past = [(k, v) for k, v in ((layer.keys, layer.values) for layer in model(ids[:, :-1]).cache.layers)]
     probs = model(ids).logits[:, -1].softmax(-1)
     settings = PPLMSettings(step_size=0.5, window=3)
     perturbed, norms = perturb_past(model, past, ids[:, -1:], probs, torch.tensor(topic.target_ids), settings, None)

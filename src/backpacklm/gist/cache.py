@@ -205,10 +205,10 @@ def compress_ids(model, prompts: list[list[int]], gist_id: int, keep: str = "gis
             mask = to_additive(allowed_attention(ids, gist_id, "gist", padding), _dtype(model))
             _check_positions(model, padded_position_ids(padding))
             out = model(input_ids=ids, attention_mask=mask, position_ids=padded_position_ids(padding),
-                        past_key_values=DynamicCache(), use_cache=True)
+                        cache=DynamicCache(), use_cache=True)
             stored = k if keep == "gists" else ids.shape[1]
             layers = [(layer.keys[:, :, -stored:].cpu(), layer.values[:, :, -stored:].cpu())
-                      for layer in out.past_key_values.layers]
+                      for layer in out.cache.layers]
             valid = padding[:, -stored:].cpu()
         lengths = torch.tensor([len(r) for r in rows])
         chunks.append(CompressedPrompts(
@@ -316,8 +316,8 @@ def prefill_compressed(model, compressed: CompressedPrompts, tails: list[list[in
     positions = padded_position_ids(padding, compressed.next_position.to(device))
     _check_positions(model, positions)
     out = model(input_ids=ids, attention_mask=to_additive(allowed, _dtype(model)), position_ids=positions,
-                past_key_values=cache, use_cache=True)
-    return PrefilledBatch(out.logits, padding, out.past_key_values, torch.cat([valid, padding], dim=1),
+                cache=cache, use_cache=True)
+    return PrefilledBatch(out.logits, padding, out.cache, torch.cat([valid, padding], dim=1),
                           positions[:, -1] + 1)
 
 
@@ -336,9 +336,9 @@ def prefill_uncached(model, prompts: list[list[int]], gist_id: int | None, condi
     positions = padded_position_ids(padding)
     _check_positions(model, positions)
     out = model(input_ids=ids, attention_mask=to_additive(allowed, _dtype(model)), position_ids=positions,
-                past_key_values=DynamicCache(), use_cache=True)
+                cache=DynamicCache(), use_cache=True)
     # later tokens come after the last gist: they see what the prompt's last token sees
-    return PrefilledBatch(out.logits, padding, out.past_key_values, allowed[:, 0, -1], positions[:, -1] + 1)
+    return PrefilledBatch(out.logits, padding, out.cache, allowed[:, 0, -1], positions[:, -1] + 1)
 
 
 @dataclass
@@ -377,7 +377,7 @@ def decode(model, state: PrefilledBatch, eos_id: int, sampling: SamplingConfig =
         key_valid = torch.cat([key_valid, torch.ones(batch, 1, dtype=torch.bool, device=key_valid.device)], dim=1)
         mask = to_additive(key_valid.view(batch, 1, 1, -1), _dtype(model))
         logits = model(input_ids=token.view(batch, 1), attention_mask=mask, position_ids=position.view(batch, 1),
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+                       cache=cache, use_cache=True).logits[:, -1]
         position = position + 1
     return out
 

@@ -170,7 +170,7 @@ def _run_encoder_blocks(model, input_ids, attention_mask, cache: DynamicCache) -
     hidden = encoder.dropout(encoder.embed_tokens(input_ids))
     position_bias = None
     for block in encoder.block:
-        hidden, position_bias, _ = block(hidden, attention_mask, position_bias, past_key_values=cache)
+        hidden, position_bias, _ = block(hidden, attention_mask, position_bias, cache=cache)
     return encoder.dropout(encoder.final_layer_norm(hidden))
 
 
@@ -242,8 +242,8 @@ def t5_prefill(model, encoder_outputs: BaseModelOutput, cross_mask: torch.Tensor
     batch = cross_mask.shape[0]
     start = torch.full((batch, 1), model.config.decoder_start_token_id, dtype=torch.long, device=cross_mask.device)
     out = model(encoder_outputs=encoder_outputs, attention_mask=cross_mask, decoder_input_ids=start,
-                past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()), use_cache=True)
-    return T5Prefilled(out.logits, encoder_outputs, cross_mask, out.past_key_values)
+                cache=EncoderDecoderCache(DynamicCache(), DynamicCache()), use_cache=True)
+    return T5Prefilled(out.logits, encoder_outputs, cross_mask, out.cache)
 
 
 def t5_prefill_uncached(model, sources: list[list[int]], gist_id: int | None, condition: str, pad_id: int) -> T5Prefilled:
@@ -279,6 +279,6 @@ def t5_decode(model, state: T5Prefilled, eos_id: int, sampling: SamplingConfig =
         if bool(done.all()) or step == sampling.max_new_tokens - 1:
             break
         result = model(encoder_outputs=state.encoder_outputs, attention_mask=state.cross_mask,
-                       decoder_input_ids=token.view(batch, 1), past_key_values=cache, use_cache=True)
-        logits, cache = result.logits[:, -1], result.past_key_values
+                       decoder_input_ids=token.view(batch, 1), cache=cache, use_cache=True)
+        logits, cache = result.logits[:, -1], result.cache
     return out

@@ -42,14 +42,14 @@ from .sense_network import SenseMLP, SenseNetwork
 class BackpackOutput(ModelOutput):
     """loss: mean next-token cross-entropy (nats) when labels are given.
     logits: [batch, pos, vocab].
-    past_key_values: the cache (trunk layers + the sense layer), when use_cache.
+    cache: the cache (trunk layers + the sense layer), when use_cache.
     senses: [batch, pos, sense, d_model] sense vectors C(x_j) of the input tokens (after overrides), on request.
     contextualization: [batch, sense, query_pos, key_pos] alpha (after multipliers), on request.
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     senses: torch.Tensor | None = None
     contextualization: torch.Tensor | None = None
 
@@ -118,8 +118,8 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
         return None  # logits use the input embedding matrix E directly (tied by construction)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = DynamicCache()  # grows to L+1 layers: the trunk's and the sense layer
+        if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
+            model_kwargs["cache"] = DynamicCache()  # grows to L+1 layers: the trunk's and the sense layer
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
@@ -155,7 +155,7 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         sense_overrides: Mapping[int, torch.Tensor] | None = None,
@@ -176,12 +176,12 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
             )
         use_cache = use_cache if use_cache is not None else (config.use_cache and not self.training)
         if use_cache:
-            if past_key_values is None:
-                past_key_values = DynamicCache()
-            if past_key_values.layer_class_to_replicate is None and len(past_key_values.layers) == config.n_layer:
-                past_key_values.layers.append(DynamicLayer())  # a cache built from the config: add the sense layer
+            if cache is None:
+                cache = DynamicCache()
+            if cache.layer_class_to_replicate is None and len(cache.layers) == config.n_layer:
+                cache.layers.append(DynamicLayer())  # a cache built from the config: add the sense layer
         batch, n_query = input_ids.shape
-        n_past = past_key_values.get_seq_length() if use_cache else 0
+        n_past = cache.get_seq_length() if use_cache else 0
         if n_past + n_query > config.n_positions:
             raise BackpackError(f"sequence of {n_past + n_query} tokens exceeds the model's {config.n_positions} positions")
 
@@ -189,7 +189,7 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             use_cache=use_cache,
         ).last_hidden_state  # [batch, pos, d]
         senses = self.token_senses(input_ids, sense_overrides)  # [batch, pos, k, d]
@@ -197,7 +197,7 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
         queries, keys = self.sense_weights(hidden)  # [batch, k, pos, d/k]
         values = senses.transpose(1, 2)  # [batch, k, pos, d]
         if use_cache:
-            keys, values = past_key_values.update(keys, values, config.n_layer)
+            keys, values = cache.update(keys, values, config.n_layer)
         n_key = keys.shape[2]
         if sense_multipliers is not None:
             values = values * sense_multipliers[:, :n_key].transpose(1, 2).unsqueeze(-1).to(values)
@@ -232,7 +232,7 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
         return BackpackOutput(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             senses=senses if output_senses else None,
             contextualization=contextualization,
         )

@@ -73,7 +73,7 @@ def perturb_past(model, past, last: torch.Tensor, unperturbed_probs: torch.Tenso
         leaves = [(dk.clone().requires_grad_(True), dv.clone().requires_grad_(True)) for dk, dv in deltas]
         with torch.enable_grad():
             cache = _cache([(k + dk, v + dv) for (k, v), (dk, dv) in zip(past, leaves)])
-            logits = model(last, past_key_values=cache, use_cache=True).logits[:, -1].float()
+            logits = model(last, cache=cache, use_cache=True).logits[:, -1].float()
             loss = -bow_log_mass(logits, target_ids)  # [b]
             if settings.kl_scale > 0:
                 probs = logits.softmax(-1)
@@ -128,17 +128,17 @@ def generate_pplm(model, prompt_ids: list[int], target_ids: list[int], max_new_t
     unperturbed = DynamicCache()
     past = None  # the steered chain: per layer (keys, values) of x_<t, perturbations included
     if tokens.shape[1] > 1:
-        model(tokens[:, :-1], past_key_values=unperturbed, use_cache=True)
+        model(tokens[:, :-1], cache=unperturbed, use_cache=True)
         past = _layers(unperturbed)
     grad_norms, kept = None, []
     for _ in range(max_new_tokens):
         last = tokens[:, -1:]
-        unperturbed_logits = model(last, past_key_values=unperturbed, use_cache=True).logits[:, -1].float()
+        unperturbed_logits = model(last, cache=unperturbed, use_cache=True).logits[:, -1].float()
         unperturbed_probs = unperturbed_logits.softmax(-1)
         if past is not None and settings.step_size > 0 and settings.iterations > 0:
             past, grad_norms = perturb_past(model, past, last, unperturbed_probs, targets, settings, grad_norms)
-        steered = model(last, past_key_values=_cache(past) if past else DynamicCache(), use_cache=True)
-        past = _layers(steered.past_key_values)
+        steered = model(last, cache=_cache(past) if past else DynamicCache(), use_cache=True)
+        past = _layers(steered.cache)
         probs = (steered.logits[:, -1].float() / temperature).softmax(-1)
         probs = probs ** settings.gm_scale * unperturbed_probs ** (1 - settings.gm_scale)
         probs = _top_k_probs(probs, top_k)

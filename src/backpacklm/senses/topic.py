@@ -213,7 +213,7 @@ def generate_with_topic(model, prompt_ids: list[int], delta: torch.Tensor | None
             if not use_cache:  # the reference: a from scratch over the whole sequence
                 activation = anneal_activation(model.token_senses(tokens), embeddings[tokens])
             multipliers = annealed_multipliers(delta[tokens], activation, delta_max)  # [b, t, k]
-        out = model(step_input if use_cache else tokens, past_key_values=cache, use_cache=use_cache,
+        out = model(step_input if use_cache else tokens, cache=cache, use_cache=use_cache,
                     sense_multipliers=multipliers, logits_to_keep=1)
         logits = out.logits[:, -1]  # [b, V]
         if keep_logits:
