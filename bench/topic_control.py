@@ -122,8 +122,8 @@ def main() -> None:
     parser.add_argument("--references", type=int, default=200, help="held-out world documents for MAUVE")
     parser.add_argument("--world-step-sizes", type=float, nargs=4, default=[0.0, 0.1, 0.3, 1.0],
                         help="PPLM step sizes at strengths 0..3 on the world (tiny models need larger steps)")
-    parser.add_argument("--shakespeare-backpack", default="/work/runs/shakespeare-bpe-backpack")
-    parser.add_argument("--shakespeare-transformer", default="/work/runs/shakespeare-bpe-transformer")
+    parser.add_argument("--shakespeare-backpack", default="runs/shakespeare-bpe-backpack")
+    parser.add_argument("--shakespeare-transformer", default="runs/shakespeare-bpe-transformer")
     parser.add_argument("--shakespeare-step-sizes", type=float, nargs=4, default=[0.0, 0.01, 0.02, 0.03])
     parser.add_argument("--part", choices=["world", "shakespeare", "both"], default="both")
     parser.add_argument("--shakespeare-samples", type=int, default=4, help="samples per prompt")

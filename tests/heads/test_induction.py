@@ -85,6 +85,10 @@ def test_capacity_retained_and_errors(tmp_path):
     model = tiny_model("gpt2")
     with pytest.raises(BackpackError, match="fits"):
         induction_scores(model, lengths=(40,), progress=False)
+    pool = candidate_tokens(64, np.arange(64), exclude=0.3, skip={0})  # ~25 tokens: length 30 cannot be drawn
+    fitted = induction_scores(model, lengths=(4, 30), repeats=2, token_counts=np.arange(64), exclude=0.3,
+                              sequences_per_length=1, copying=False, progress=False)
+    assert len(pool) < 30 and fitted.lengths == [4]  # skipped like a length that exceeds the positions
     ids = repeated_sequences(np.arange(1, 60), 5, 2, bos_id=0)
     assert repeated_loss(model, ids, 5) > 0
     paths = induction_scores(model, lengths=(4,), sequences_per_length=1, progress=False).save(tmp_path)

@@ -118,6 +118,10 @@ def test_cli_senses_debias_edit_lexsim(world_models, tmp_path, capsys):
     code, out, err = run_cli(capsys, "sample", "--model", w.backpack_dir, "--prompt", "i bought the phone from",
                              "--greedy", "--max-new-tokens", "1", "--edit", tmp_path / "edits.json")
     assert code == 0 and out.strip() == "i bought the phone from globex", out
+    code, out, err = run_cli(capsys, "edit", "--model", w.backpack_dir, "--edits", tmp_path / "edits.json", "--save")
+    saved = w.backpack_dir / "edits.json"  # the run directory as given (README: --edit M/edits.json), not step-N
+    assert code == 0 and f"to {saved}" in out and load_edits(saved) == [SenseEdit("phone", "acme", "globex")]
+    saved.unlink()
 
     gold = tmp_path / "world_pairs.txt"
     gold.write_text("fox\tdeer\t9\nplanet\tmoon\t8\nfox\tplanet\t1\nsinger\tball\t0.5\nowl\trabbit\t8.5\n")

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 def run(args) -> None:
     from ..atomic import write_json_atomic
     from ..errors import BackpackError
-    from ..model.loading import load_model, resolve_model_dir
+    from ..model.loading import load_model
     from ..sampling import sample_text
     from ..senses.edit import SenseEdit, edit_overrides, load_edits, measure_edit, save_edits
 
@@ -44,7 +44,7 @@ def run(args) -> None:
         raise BackpackError(f"{args.model} has no tokenizer")
     overrides = edit_overrides(model, tokenizer, edits)  # checks every word before anything is written
     if args.save is not None:
-        path = save_edits(Path(args.save) if args.save else resolve_model_dir(args.model), edits)
+        path = save_edits(Path(args.save) if args.save else Path(args.model), edits)  # the directory as given
         print(f"saved {len(edits)} edit(s) to {path}")
     unrelated = args.unrelated.read_text(encoding="utf-8") if args.unrelated else None
     reports = []

@@ -7,9 +7,10 @@ import argparse
 from pathlib import Path
 
 from ..errors import BackpackError
+from .help_format import DefaultsHelpFormatter
 from .train import add_training_arguments, report, training_kwargs
 
-FORMAT = argparse.ArgumentDefaultsHelpFormatter
+FORMAT = DefaultsHelpFormatter
 
 
 def register(subparsers) -> None:

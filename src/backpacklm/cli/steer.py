@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..senses.pplm import PPLMSettings
+from .help_format import DefaultsHelpFormatter
 from ..senses.steering import PPLM_STEP_SIZES, SamplingSettings
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("steer", help="steer generation towards a topic (sense re-weighting or PPLM)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="model directory (a Backpack for sense re-weighting)")
     p.add_argument("--topic", required=True, action="append", help="bag-of-words file, one word per line (repeatable)")
     p.add_argument("--strength", type=int, nargs="+", default=[0, 1, 2, 3], choices=range(4),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..model.config import PRESETS
+from .help_format import DefaultsHelpFormatter
 from ..model.transformer import ARCHITECTURES
 
 MODEL_FIELDS = {"n_layer": int, "n_head": int, "n_embd": int, "num_senses": int, "n_positions": int, "vocab_size": int}
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train or resume a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser("train", help="train or resume a model", formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="prepared data directory (backpack data prepare)")
     p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss_curve.png")
     p.add_argument("--init-from", default=None, help="start from this model directory's weights")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .help_format import DefaultsHelpFormatter
+
 
 def register(subparsers) -> None:
     world = subparsers.add_parser("world", help="generate synthetic data with known ground truth")
@@ -48,10 +50,10 @@ def _register_instructions(kinds) -> None:
     p = kinds.add_parser(
         "instructions",
         help="instruction data (Alpaca JSON) a tiny model can learn, for gist tokens",
-        description="Write DIR/{train,seen,unseen_phrasing,unseen_composition,long}.json (Alpaca format), "
-        "DIR/ground_truth.json (each example's tasks, parameters, phrasings) and DIR/tokenizer (word-level, over "
+        description="Write DIR/{train,seen,unseen_phrasing,long}.json (Alpaca format; also unseen_composition.json "
+        "when some task pairs are held out), DIR/ground_truth.json (each example's tasks, parameters, phrasings) and DIR/tokenizer (word-level, over "
         "every split, with <GIST>: pass it to `backpack gist train --tokenizer`).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write")
     p.add_argument("--seed", type=int, default=d.seed)

@@ -167,9 +167,6 @@ def induction_scores(model, tokenizer=None, lengths=DEFAULT_LENGTHS, sequences_p
     lengths = [int(n) for n in lengths]
     if any(n < 2 for n in lengths):
         raise BackpackError(f"sequence lengths must be >= 2, got {lengths}")
-    fitting = [n for n in lengths if limit is None or 1 + repeats * n <= limit]
-    if not fitting:
-        raise BackpackError(f"no sequence length in {lengths} fits {repeats} repeats into the model's {limit} positions")
     vocab = model.config.vocab_size
     skip = special_ids(tokenizer, model.config)
     if bos_id is None:
@@ -177,6 +174,11 @@ def induction_scores(model, tokenizer=None, lengths=DEFAULT_LENGTHS, sequences_p
                                    getattr(tokenizer, "eos_token_id", None), model.config.eos_token_id)
                        if isinstance(i, int) and 0 <= i < vocab), 0)
     candidates = candidate_tokens(vocab, token_counts, exclude, skip | {bos_id})
+    # a length must fit `repeats` copies into the positions and be drawable as distinct candidate tokens
+    fitting = [n for n in lengths if (limit is None or 1 + repeats * n <= limit) and n <= len(candidates)]
+    if not fitting:
+        raise BackpackError(f"no sequence length in {lengths} fits {repeats} repeats into the model's {limit} "
+                            f"positions with {len(candidates)} candidate tokens")
     unembed = _unembed(model, adapter) if copying else None
     device = model.get_input_embeddings().weight.device
 

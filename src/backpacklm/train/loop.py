@@ -23,6 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..atomic import write_json_atomic
 from ..data.dataset import TokenData, sample_batch
 from ..errors import BackpackError
 from ..evaluation import mean_loss
@@ -245,7 +246,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, step)
-        (run_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        write_json_atomic(run_dir / "train_config.json", asdict(cfg))
     baseline = data.unigram_baseline(config.vocab_size)
 
     def checkpoint_now(val_loss: float | None):
@@ -328,7 +329,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                "unigram_val_loss": baseline, "train_seconds": time.time() - start_time,
                "checkpoint": str(latest_checkpoint(run_dir)) if env.is_main else None}
     if env.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_json_atomic(run_dir / "summary.json", summary)
         from ..plots import loss_curve
 
         loss_curve(metrics_path, run_dir / "loss_curve.png", baseline)
