@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..checks import check_fields
 from ..errors import BackpackError
 from ..sampling import encode_prompt
 from .pplm import PPLMSettings, generate_pplm
@@ -30,6 +31,10 @@ class SamplingSettings:
     temperature: float = 1.0
     top_k: int = 10  # PPLM's default
     seed: int = 0
+
+    def __post_init__(self):
+        check_fields(self, length="positive_int", samples="positive_int", temperature="positive_float",
+                     top_k="non_negative_int", seed="non_negative_int")
 
 
 @dataclass
