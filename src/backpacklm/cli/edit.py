@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .options import positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("edit", help="edit what a word predicts by replacing a direction in its senses")
@@ -21,18 +23,20 @@ def register(subparsers) -> None:
     p.add_argument("--save", nargs="?", const="", default=None, metavar="FILE",
                    help="save the edit (default file: MODEL/edits.json)")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin; print both continuations")
-    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--max-new-tokens", type=positive_int, default=30)
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="writes edit.json")
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
-    from ..atomic import write_json_atomic
+    from ..atomic import check_output_dir, write_json_atomic
     from ..errors import BackpackError
     from ..model.loading import load_model, resolve_model_dir
     from ..sampling import sample_text
     from ..senses.edit import SenseEdit, edit_overrides, load_edits, measure_edit, save_edits
 
+    if args.out:
+        check_output_dir(args.out)
     if args.edits:
         edits = load_edits(args.edits)
     elif args.word and args.source and args.target:
