@@ -173,6 +173,7 @@ def _autocast(device: str, dtype: str):
 def train(cfg: TrainConfig, source=None) -> dict:
     """Train (or resume) a run in `cfg.out` on `source` (default: `TokenWindows(cfg.data)`); returns the final
     summary (also written to summary.json)."""
+    check_output_dir(cfg.out)  # before any work, like the device
     if cfg.device != "auto":
         check_device(cfg.device)
     env = distributed.setup(cfg.device)
@@ -189,7 +190,7 @@ def train(cfg: TrainConfig, source=None) -> dict:
 
 
 def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
-    run_dir = check_output_dir(cfg.out)
+    run_dir = Path(cfg.out)
     checkpoint = latest_checkpoint(run_dir)
     state: dict = {}
     if cfg.resume:
