@@ -30,6 +30,7 @@ def register(subparsers) -> None:
 
 def run(args) -> None:
     from ..atomic import check_output_dir, write_json_atomic
+    from ..data.prepare import read_document
     from ..errors import BackpackError
     from ..model.loading import load_model, resolve_model_dir
     from ..sampling import sample_text
@@ -50,7 +51,7 @@ def run(args) -> None:
     if args.save is not None:
         path = save_edits(Path(args.save) if args.save else resolve_model_dir(args.model), edits)
         print(f"saved {len(edits)} edit(s) to {path}")
-    unrelated = args.unrelated.read_text(encoding="utf-8") if args.unrelated else None
+    unrelated = read_document(args.unrelated) if args.unrelated else None
     reports = []
     for edit in edits:
         prompts = args.prompt or [f"The {edit.word}"]

@@ -26,13 +26,14 @@ def register(subparsers) -> None:
 
 
 def _words(args) -> list[str]:
+    from ..data.prepare import read_document
     from ..errors import BackpackError
 
     words = list(args.token)
     if args.words:
         path = Path(args.words)
         if path.is_file():
-            words += [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
+            words += [w.strip() for w in read_document(path).splitlines() if w.strip()]
         else:
             words += [w.strip() for w in args.words.split(",") if w.strip()]
     if not words:
