@@ -127,6 +127,9 @@ def evaluate_steering(models: dict, tokenizer, topics: Sequence[Topic], strength
     `mauve_model` (default: the reference model) for the features."""
     sampling = sampling or SamplingSettings()
     prompts = list(prompts) or [""]
+    for model in models.values():  # unknown words or ids fail here, before the progress bar starts
+        for prompt in prompts:
+            encode_prompt(tokenizer, prompt, model.config.vocab_size)
     if mauve_references is not None and mauve_model is None and reference_model is None:
         raise BackpackError("MAUVE needs a feature model: name a mauve model or a reference model")
     reference_features = None
