@@ -137,7 +137,7 @@ USAGE = [
 def test_nonsense_options_are_one_line_usage_errors(capsys, argv, fragment):
     line = cli_error(capsys, *argv.split())
     command = " ".join(argv.split()[:2 if argv.split()[0] in ("data", "heads", "gist", "world") else 1])
-    assert line.startswith(f"backpack {command}: error: ") or line.startswith("backpack: error: "), line
+    assert line.startswith((f"backpack {command}: error: ", "backpack: error: ")), line
     assert fragment in line, line
 
 

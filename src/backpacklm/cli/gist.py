@@ -117,9 +117,9 @@ def run_compress(args) -> None:
 
 
 def run_generate(args) -> None:
+    from ..atomic import check_output_dir
     from ..gist.cache import SamplingConfig, generate_from_compressed, load_compressed
     from ..gist.data import load_examples
-    from ..atomic import check_output_dir
     from ..gist.layout import decode_completion
 
     if args.out:
