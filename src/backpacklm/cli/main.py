@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from ..errors import BackpackError
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # our own bars report progress; keep stderr for errors
     hf_logging.set_verbosity_error()
+    # transformers' own GPT-2 deprecation notice, printed mid-run, would turn a one-line error into three lines
+    warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
     try:
         args.func(args)
     except BackpackError as err:
