@@ -25,3 +25,16 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def cli_error(capsys, *argv: str) -> str:
+    """The one stderr line of `backpack ARGV`, asserting it fails with exit status 2 and no traceback."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse usage errors exit from inside parse_args
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

@@ -1,5 +1,5 @@
 """Atomic file writes: write to a temporary file beside the target, then rename over it (os.replace), so a reader
-or an interrupted run never sees a partial file."""
+or an interrupted run never sees a partial file. Output paths are checked before the work that fills them."""
 
 from __future__ import annotations
 
@@ -10,12 +10,54 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import BackpackError
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """`path` if it can be an output folder (an existing folder, or creatable); BackpackError if it or a parent is
+    an existing file."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise BackpackError(f"{folder} exists and is not a folder; choose another output folder")
+            break
+    return path
+
+
+def check_output_file(path: str | Path) -> Path:
+    """`path` if a file can be written there: not an existing folder, and its folder usable (`check_output_dir`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise BackpackError(f"{path} is a folder; give a file name")
+    check_output_dir(path.parent)
+    return path
+
+
+@contextmanager
+def output_dir(path: str | Path) -> Iterator[Path]:
+    """The output folder `path`, created if missing; if the block fails, the folders it created are removed again
+    while they are empty, so a failed command leaves nothing behind."""
+    path = check_output_dir(path)
+    created = [folder for folder in (path, *path.parents) if not folder.exists()]  # deepest first
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: keep it (and its parents)
+                break
+        raise
+
 
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """Yields a temporary path beside `path`; when the block ends without error it replaces `path`, otherwise it
-    is removed and `path` is left as it was."""
-    path = Path(path)
+    is removed and `path` is left as it was. The folder of `path` is created if missing."""
+    path = check_output_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

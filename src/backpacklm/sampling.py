@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from .checks import check
 from .data.tokenizers import encode_strict
 from .errors import BackpackError
 
@@ -24,6 +25,13 @@ def sample_text(model, tokenizer, prompt: str = "", max_new_tokens: int = 200, t
                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1, greedy: bool = False,
                 **model_kwargs) -> list[str]:
     """`num_samples` continuations of `prompt` (prompt included), reproducible for a seed."""
+    check("max_new_tokens", max_new_tokens, "positive_int")
+    check("num_samples", num_samples, "positive_int")
+    check("seed", seed, "non_negative_int")
+    if not greedy:
+        check("temperature", temperature, "positive_float")
+        check("top_k", top_k, "non_negative_int")
+        check("top_p", top_p, "probability")
     if tokenizer is None:
         raise BackpackError("the model directory has no tokenizer; pass one saved with the model")
     ids = encode_prompt(tokenizer, prompt, model.config.vocab_size)

@@ -143,5 +143,5 @@ def test_bad_input_on_t5_is_one_line_exit_2(trained, tmp_path, capsys):
     model_dir = root / "run" / "model"
     check_compress_and_generate_reject_bad_prompts(capsys, model_dir, tmp_path)
     code, out, err = run_cli(capsys, "gist", "train", "--model", root / "t5", "--data", data, "--out",
-                             tmp_path / "r", "--gists", "0", "--no-progress")
+                             tmp_path / "r", "--gists", "65", "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "--gists must be between 1 and 64" in err

@@ -118,7 +118,8 @@ def test_cli_senses_debias_edit_lexsim(world_models, tmp_path, capsys):
     code, out, err = run_cli(capsys, "sample", "--model", w.backpack_dir, "--prompt", "i bought the phone from",
                              "--greedy", "--max-new-tokens", "1", "--edit", tmp_path / "edits.json")
     assert code == 0 and out.strip() == "i bought the phone from globex", out
-    code, out, err = run_cli(capsys, "edit", "--model", w.backpack_dir, "--edits", tmp_path / "edits.json", "--save")
+    code, out, err = run_cli(capsys, "edit", "--model", w.backpack_dir, "--edits", tmp_path / "edits.json", "--save",
+                             "--prompt", "i bought the phone from")
     saved = w.backpack_dir / "edits.json"  # the run directory as given (README: --edit M/edits.json), not step-N
     assert code == 0 and f"to {saved}" in out and load_edits(saved) == [SenseEdit("phone", "acme", "globex")]
     saved.unlink()
@@ -138,8 +139,8 @@ def test_cli_bad_input_is_one_line_error(world_models, tmp_path, capsys):
                    "not in the vocabulary")
     one_line_error(*run_cli(capsys, "senses", "--model", w.backpack_dir, "--token", "bat", "--neighbours", "3",
                             "--sense", "9")[::2], "sense index 9 is out of range")
-    one_line_error(*run_cli(capsys, "debias", "--model", w.backpack_dir, "--world", w.corpus_dir, "--sense", "-1",
-                            "--out", tmp_path / "d")[::2], "sense index -1 is out of range")
+    one_line_error(*run_cli(capsys, "debias", "--model", w.backpack_dir, "--world", w.corpus_dir, "--sense", "9",
+                            "--out", tmp_path / "d")[::2], "sense index 9 is out of range")
     one_line_error(*run_cli(capsys, "edit", "--model", w.backpack_dir, "--word", "phone", "--from", "acme",
                             "--to", "zebra")[::2], "'zebra' is not in the vocabulary")
     bad = tmp_path / "edits.json"

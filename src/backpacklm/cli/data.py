@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import positive_int
+
 
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="prepare token files for training")
@@ -23,7 +25,7 @@ def register(subparsers) -> None:
         help="char (default), bpe (trained on the sources), word (one id per word of the sources), gpt2, "
         "or a tokenizer folder",
     )
-    prepare.add_argument("--vocab-size", type=int, default=8192, metavar="N", help="vocabulary size for bpe (8192)")
+    prepare.add_argument("--vocab-size", type=positive_int, default=8192, metavar="N", help="vocabulary size for bpe (8192)")
     prepare.add_argument(
         "--val-fraction", type=float, default=0.1, metavar="F", help="tail of each document kept for validation (0.1)"
     )
@@ -31,9 +33,11 @@ def register(subparsers) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> None:
+    from ..atomic import output_dir
     from ..data.prepare import prepare_corpus  # transformers is slow to import: only when this command runs
 
-    meta = prepare_corpus(args.sources, args.out, args.tokenizer, args.vocab_size, args.val_fraction)
+    with output_dir(args.out):
+        meta = prepare_corpus(args.sources, args.out, args.tokenizer, args.vocab_size, args.val_fraction)
     print(
         f"{meta['n_documents']} document(s): {meta['n_train_tokens']:,} train + {meta['n_val_tokens']:,} val tokens "
         f"({meta['dtype']}), vocab {meta['vocab_size']:,} ({meta['tokenizer_kind']})"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .options import non_negative_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("debias", help="gender debiasing through a sense, with Transformer baselines")
@@ -18,16 +20,17 @@ def register(subparsers) -> None:
     p.add_argument("--test-templates", type=Path, default=None, metavar="FILE", help="prompt templates to evaluate on")
     p.add_argument("--world", type=Path, default=None, metavar="DIR",
                    help="take professions and templates from a synthetic world's truth.json")
-    p.add_argument("--sense", type=int, default=None, help="the gender sense (default: detected)")
+    p.add_argument("--sense", type=non_negative_int, default=None, help="the gender sense (default: detected)")
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
-    from ..atomic import replacing, write_json_atomic
+    from ..atomic import check_output_dir, replacing, write_json_atomic
     from ..errors import BackpackError
     from ..model.loading import load_model
     from ..senses.debias import DEFAULT_TEMPLATES, debias, read_lines
 
+    check_output_dir(args.out)
     professions, templates = None, dict(DEFAULT_TEMPLATES)
     if args.world:
         from ..worlds.senses import load_truth

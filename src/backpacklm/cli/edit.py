@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .options import positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("edit", help="edit what a word predicts by replacing a direction in its senses")
@@ -21,18 +23,21 @@ def register(subparsers) -> None:
     p.add_argument("--save", nargs="?", const="", default=None, metavar="FILE",
                    help="save the edit (default file: MODEL/edits.json)")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin; print both continuations")
-    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--max-new-tokens", type=positive_int, default=30)
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="writes edit.json")
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
-    from ..atomic import write_json_atomic
+    from ..atomic import check_output_dir, write_json_atomic
+    from ..data.prepare import read_document
     from ..errors import BackpackError
     from ..model.loading import load_model
     from ..sampling import sample_text
     from ..senses.edit import SenseEdit, edit_overrides, load_edits, measure_edit, save_edits
 
+    if args.out:
+        check_output_dir(args.out)
     if args.edits:
         edits = load_edits(args.edits)
     elif args.word and args.source and args.target:
@@ -46,7 +51,7 @@ def run(args) -> None:
     if args.save is not None:
         path = save_edits(Path(args.save) if args.save else Path(args.model), edits)  # the directory as given
         print(f"saved {len(edits)} edit(s) to {path}")
-    unrelated = args.unrelated.read_text(encoding="utf-8") if args.unrelated else None
+    unrelated = read_document(args.unrelated) if args.unrelated else None
     reports = []
     for edit in edits:
         prompts = args.prompt or [f"The {edit.word}"]

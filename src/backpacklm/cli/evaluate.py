@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .options import positive_int
 
 
 def register(subparsers) -> None:
@@ -13,9 +14,9 @@ def register(subparsers) -> None:
     source.add_argument("--data", help="prepared data directory")
     source.add_argument("--text", help="a UTF-8 text file")
     p.add_argument("--split", default="val", choices=["train", "val"])
-    p.add_argument("--block-size", type=int, default=None, help="default: the model's positions")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--block-size", type=positive_int, default=None, help="default: the model's positions")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--max-batches", type=positive_int, default=None)
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.set_defaults(func=run)
 
@@ -23,6 +24,7 @@ def register(subparsers) -> None:
 def run(args) -> None:
     import numpy as np
 
+    from ..atomic import check_output_file, write_json_atomic
     from ..data.dataset import TokenData
     from ..data.tokenizers import encode_strict
     from ..errors import BackpackError
@@ -30,6 +32,8 @@ def run(args) -> None:
     from ..evaluation import perplexity
     from ..model.loading import load_model
 
+    if args.json:
+        check_output_file(args.json)
     model, tokenizer = load_model(args.model)
     if args.data:
         tokens = TokenData(args.data).split(args.split)
@@ -45,5 +49,4 @@ def run(args) -> None:
     print(f"loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f} "
           f"over {result['tokens']:,} tokens (block {result['block_size']})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json_atomic(args.json, result)

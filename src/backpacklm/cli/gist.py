@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import BackpackError
 from .help_format import DefaultsHelpFormatter
+from .options import non_negative_int, positive_float, positive_int
 from .train import add_training_arguments, report, training_kwargs
 
 FORMAT = DefaultsHelpFormatter
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
                    help="fine-tune this model directory (any supported causal LM, or T5, with its tokenizer); "
                         "default: train from scratch with --preset")
     p.add_argument("--tokenizer", default=None, help="from scratch: tokenizer folder or 'gpt2' (default: characters)")
-    p.add_argument("--gists", type=int, default=1, help="k, gist tokens per instruction")
+    p.add_argument("--gists", type=positive_int, default=1, help="k, gist tokens per instruction")
     p.add_argument("--condition", default="gist", choices=["gist", "pos_control", "neg_control"])
     add_training_arguments(p, warmup_steps=50, eval_interval=100, eval_batches=10)
     p.set_defaults(func=run_train)
@@ -37,10 +38,10 @@ def register(subparsers) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--instructions", help="Alpaca-format JSON (its distinct instructions are compressed)")
     source.add_argument("--prompt", action="append", help="raw prompt text ending with its <GIST> tokens (repeatable)")
-    p.add_argument("--gists", type=int, default=None, help="k (default: the model's)")
+    p.add_argument("--gists", type=positive_int, default=None, help="k (default: the model's)")
     p.add_argument("--keep", default="gists", choices=["gists", "all"], help="all: store the whole prefix instead")
     p.add_argument("--out", required=True, help="compressed-prompt file (.safetensors)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.set_defaults(func=run_compress)
 
     p = commands.add_parser("generate", help="complete inputs after compressed prompts", formatter_class=FORMAT)
@@ -49,12 +50,12 @@ def register(subparsers) -> None:
     inputs = p.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--data", help="Alpaca-format JSON: each record's instruction must be in the compressed file")
     inputs.add_argument("--input", help="one input for every compressed prompt ('' for none)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--temperature", type=positive_float, default=1.0)
+    p.add_argument("--top-k", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", default=None, help="folder for generations.json")
     p.set_defaults(func=run_generate)
 
@@ -62,9 +63,9 @@ def register(subparsers) -> None:
                             formatter_class=FORMAT)
     p.add_argument("--model", action="append", required=True, help="model directory (repeatable)")
     p.add_argument("--data", action="append", required=True, help="[SPLIT=]FILE, Alpaca-format JSON (repeatable)")
-    p.add_argument("--max-examples", type=int, default=None, help="per split")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-examples", type=positive_int, default=None, help="per split")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", required=True, help="folder for quality.json, quality.md, quality_vs_compression.png")
     p.set_defaults(func=run_eval)
 
@@ -72,11 +73,11 @@ def register(subparsers) -> None:
                             formatter_class=FORMAT)
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="Alpaca-format JSON (the prompts to time)")
-    p.add_argument("--max-prompts", type=int, default=32)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--new-tokens", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-prompts", type=positive_int, default=32)
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8])
+    p.add_argument("--new-tokens", type=positive_int, default=16)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", required=True, help="folder for savings.json and savings.md")
     p.set_defaults(func=run_bench)
 
@@ -99,9 +100,11 @@ def _load(model_dir):
 
 
 def run_compress(args) -> None:
+    from ..atomic import check_output_file
     from ..gist.cache import compress, compress_texts
     from ..gist.data import load_examples
 
+    check_output_file(args.out)
     model, tokenizer = _load(args.model)
     if args.prompt:
         compressed = compress_texts(model, tokenizer, args.prompt, args.batch_size)
@@ -115,10 +118,13 @@ def run_compress(args) -> None:
 
 
 def run_generate(args) -> None:
+    from ..atomic import check_output_dir
     from ..gist.cache import SamplingConfig, generate_from_compressed, load_compressed
     from ..gist.data import load_examples
     from ..gist.layout import decode_completion
 
+    if args.out:
+        check_output_dir(args.out)
     model, tokenizer = _load(args.model)
     compressed = load_compressed(args.compressed, model)
     if args.data:
@@ -148,21 +154,22 @@ def run_generate(args) -> None:
 
 
 def run_eval(args) -> None:
-    from ..atomic import write_json_atomic
+    from ..atomic import check_output_dir, replacing, write_json_atomic
     from ..gist.evaluate import evaluate_gist, quality_table
     from ..gist.savings import quality_vs_compression_png
 
+    out = check_output_dir(args.out)
     files = {}
     for spec in args.data:
         name, sep, path = spec.partition("=")
         files[name if sep else Path(spec).stem] = path if sep else spec
     evaluations = [evaluate_gist(m, files, args.batch_size, args.max_new_tokens, args.max_examples, progress=True)
                    for m in args.model]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "quality.json", [e.to_dict() for e in evaluations])
     table = quality_table(evaluations)
-    (out / "quality.md").write_text(table + "\n")
+    with replacing(out / "quality.md") as tmp:
+        tmp.write_text(table + "\n", encoding="utf-8")
     print(table)
     if any(e.condition == "gist" for e in evaluations):
         from ..gist.data import load_examples
@@ -178,18 +185,19 @@ def run_eval(args) -> None:
 def run_bench(args) -> None:
     import torch
 
-    from ..atomic import write_json_atomic
+    from ..atomic import check_output_dir, replacing, write_json_atomic
     from ..gist.data import load_examples
     from ..gist.savings import measure_savings
 
+    out = check_output_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = _load(args.model)
     examples = load_examples(args.data, require_output=False)[: args.max_prompts]
     report = measure_savings(model, tokenizer, examples, args.batch_sizes, args.new_tokens, args.repeats,
                              name=str(args.model))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "savings.json", report.to_dict())
-    (out / "savings.md").write_text(report.table() + "\n")
+    with replacing(out / "savings.md") as tmp:
+        tmp.write_text(report.table() + "\n", encoding="utf-8")
     print(report.table())

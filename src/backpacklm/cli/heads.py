@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .options import non_negative_int, positive_int
+
 
 def _percent_list(text: str) -> list[float]:
     from ..errors import BackpackError
@@ -33,14 +35,14 @@ def _model_args(p, task: bool = True) -> None:
     p.add_argument("--out", required=True, help="folder for the JSON results and PNGs")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (ignored with --device-map)")
     p.add_argument("--device-map", default=None, help="e.g. auto: shard a large model over the available devices")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
     if task:
         p.add_argument("--task", action="append", default=[], help="JSONL task file (repeatable)")
         p.add_argument("--builtin", action="append", default=[], help="built-in task: copy, map, pairs (repeatable)")
-        p.add_argument("--n", type=int, default=200, help="evaluation examples of a built-in task")
-        p.add_argument("--k", type=int, default=None, help="shots (default: 0, or the built-in task's own default)")
-        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--n", type=positive_int, default=200, help="evaluation examples of a built-in task")
+        p.add_argument("--k", type=non_negative_int, default=None, help="shots (default: 0, or the built-in task's own default)")
+        p.add_argument("--batch-size", type=positive_int, default=8)
         p.add_argument("--length-normalize", default="none", choices=["none", "token", "char"],
                        help="multiple choice: score per token / per character")
 
@@ -60,7 +62,7 @@ def register(subparsers) -> None:
     p.add_argument("--method", default="token", choices=["token", "gate"],
                    help="token: per-token |a.dL/da| (paper); gate: per-example |dL/dg| (Michel et al.)")
     p.add_argument("--normalize", default="none", choices=["none", "layer"], help="layer: per-layer L2 normalisation")
-    p.set_defaults(func=run_importance)
+    p.set_defaults(func=_in_out_dir(run_importance))
 
     p = sub.add_parser("prune", help="pruning curves: heads, FFNs, the grid, ranking transfer across tasks")
     _model_args(p)
@@ -73,11 +75,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-ffn", action="store_true", help="skip the FFN curve and the grid")
     p.add_argument("--grid", action="store_true", help="also the heads x FFNs grid")
     p.add_argument("--transfer-percent", type=float, default=50.0, help="heads pruned when rankings are transferred")
-    p.set_defaults(func=run_prune)
+    p.set_defaults(func=_in_out_dir(run_prune))
 
     p = sub.add_parser("ffn", help="FFN importance: accuracy drop without each layer's FFN")
     _model_args(p)
-    p.set_defaults(func=run_ffn)
+    p.set_defaults(func=_in_out_dir(run_ffn))
 
     p = sub.add_parser("induction", help="prefix-matching and copying scores per head")
     _model_args(p, task=False)
@@ -85,18 +87,18 @@ def register(subparsers) -> None:
                                                 "frequent tokens from the probes")
     p.add_argument("--exclude", type=float, default=0.04, help="fraction excluded at each end of the frequency ranking")
     p.add_argument("--lengths", default="10,16,25", help="lengths of the random blocks (each repeated 4 times)")
-    p.add_argument("--sequences", type=int, default=8, help="probe sequences per length")
+    p.add_argument("--sequences", type=positive_int, default=8, help="probe sequences per length")
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--importance", default=None, help="head importance file: report capacity retained after pruning")
     p.add_argument("--head-percents", default="0,10,20,30,40,50,60,70,80,90")
-    p.set_defaults(func=run_induction)
+    p.set_defaults(func=_in_out_dir(run_induction))
 
     p = sub.add_parser("eval", help="few-shot task accuracy, optionally with heads/FFNs removed")
     _model_args(p)
     _masks_args(p)
     p.add_argument("--prune-percent", type=float, default=None, help="remove this %% of heads by --importance")
     p.add_argument("--importance", default=None, help="head importance file for --prune-percent")
-    p.set_defaults(func=run_eval)
+    p.set_defaults(func=_in_out_dir(run_eval))
 
 
 # ---------------------------------------------------------------------------------------------------- shared
@@ -143,10 +145,16 @@ def _masks(args, model):
             ffn_mask_without(adapter, layers) if layers else None)
 
 
-def _out(args) -> Path:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _in_out_dir(run):
+    """`run` inside its --out folder: created first (an existing file is an error), removed again if the command
+    fails before writing to it."""
+    def wrapped(args) -> None:
+        from ..atomic import output_dir
+
+        with output_dir(args.out):
+            run(args)
+
+    return wrapped
 
 
 def _write(path: Path, payload) -> None:
@@ -166,7 +174,7 @@ def run_importance(args) -> None:
 
     model, tokenizer = _load(args)
     head_mask, ffn_mask = _masks(args, model)
-    out = _out(args)
+    out = Path(args.out)
     for task, k in _tasks(args, tokenizer):
         result = head_importance(model, tokenizer, task, k=k, seed=args.seed, batch_size=args.batch_size,
                                  method=args.method, normalize=args.normalize, head_mask=head_mask,
@@ -210,7 +218,7 @@ def run_prune(args) -> None:
     model, tokenizer = _load(args)
     tasks = _tasks(args, tokenizer)
     adapter = adapter_for(model)
-    out = _out(args)
+    out = Path(args.out)
     importances = _importances(args, model, tokenizer, tasks)
     for name, imp in importances.items():
         if imp.scores.shape != adapter.shape:
@@ -264,7 +272,7 @@ def run_ffn(args) -> None:
     from ..heads.ffn import ffn_importance
 
     model, tokenizer = _load(args)
-    out = _out(args)
+    out = Path(args.out)
     for task, k in _tasks(args, tokenizer):
         result = ffn_importance(model, tokenizer, task, k=k, seed=args.seed, batch_size=args.batch_size,
                                 length_normalize=args.length_normalize, progress=not args.no_progress)
@@ -295,7 +303,7 @@ def run_induction(args) -> None:
     scores = induction_scores(model, tokenizer, lengths=lengths, sequences_per_length=args.sequences,
                               repeats=args.repeats, seed=args.seed, token_counts=counts, exclude=args.exclude,
                               progress=not args.no_progress)
-    out = _out(args)
+    out = Path(args.out)
     if args.importance:
         from ..heads.importance import HeadImportance
 
@@ -339,7 +347,7 @@ def run_eval(args) -> None:
                                 f"{list(adapter_for(model).shape)} heads")
         pruned = head_prune_mask(scores, args.prune_percent)
         head_mask = pruned if head_mask is None else head_mask * pruned
-    out = _out(args)
+    out = Path(args.out)
     results = []
     for task, k in _tasks(args, tokenizer):
         with masking(model, head_mask, ffn_mask):

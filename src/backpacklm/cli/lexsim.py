@@ -18,12 +18,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> None:
-    from ..atomic import replacing, write_json_atomic
+    from ..atomic import check_output_dir, replacing, write_json_atomic
     from ..data.tokenizers import load_tokenizer
     from ..errors import BackpackError
     from ..model.loading import load_model
     from ..senses.lexsim import WordVectors, lexical_similarity, load_pairs, markdown_table
 
+    check_output_dir(args.out)
     golds = [load_pairs(path) for path in args.data]  # parse every file before the (slow) model load
     model, tokenizer = load_model(args.model)
     if args.tokenizer:

@@ -1,7 +1,7 @@
 """`backpack` command line: one subcommand group per module in this folder.
 
 Each module exposes `register(subparsers)`, which adds its parser(s) and sets `func` (called with the parsed args).
-A `BackpackError` anywhere becomes one line on stderr and exit status 2.
+A `BackpackError` anywhere, and any usage error, becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -20,9 +20,16 @@ COMMAND_MODULES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line, `backpack CMD: error: MSG`, exit status 2 (argparse prints the usage too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backpack", description="Backpack language models: train, sample, read senses.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="backpack", description="Backpack language models: train, sample, read senses.")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(subparsers)
     return parser

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from .options import non_negative_int, positive_float, positive_int, probability
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="generate text from a model")
     p.add_argument("--model", required=True, help="model directory or training run directory")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=0, help="0: no top-k filtering")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
+    p.add_argument("--temperature", type=positive_float, default=0.8)
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="0: no top-k filtering")
+    p.add_argument("--top-p", type=probability, default=1.0)
     p.add_argument("--greedy", action="store_true")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=positive_int, default=1)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--edit", default=None, metavar="FILE",
                    help="apply the sense edits of this file (see `backpack edit`; a model directory means its edits.json)")

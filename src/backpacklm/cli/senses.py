@@ -3,8 +3,9 @@ words' senses, sense similarity between words, and a word's nearest neighbours i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .options import non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -12,12 +13,12 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="Backpack model directory or training run directory")
     p.add_argument("--token", action="append", default=[], help="word or token (repeat for several)")
     p.add_argument("--words", default=None, help="comma-separated words, or a file with one word per line")
-    p.add_argument("--top", type=int, default=10, help="tokens listed per sense and direction")
+    p.add_argument("--top", type=positive_int, default=10, help="tokens listed per sense and direction")
     p.add_argument("--multi-token", choices=["average", "first"], default="average",
                    help="how a word of several tokens is represented (average)")
     p.add_argument("--similarity", action="store_true", help="sense similarity between every pair of the words")
-    p.add_argument("--neighbours", type=int, default=0, metavar="N", help="N nearest tokens in sense space per word")
-    p.add_argument("--sense", type=int, default=None, help="neighbours by this sense only (default: all senses)")
+    p.add_argument("--neighbours", type=non_negative_int, default=0, metavar="N", help="N nearest tokens in sense space per word")
+    p.add_argument("--sense", type=non_negative_int, default=None, help="neighbours by this sense only (default: all senses)")
     p.add_argument("--heatmap", action="store_true", help="write senses.png (words x senses) into --out")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="writes senses.json (and senses.png)")
     p.add_argument("--json", default=None, help="also write the projections to this JSON file")
@@ -25,13 +26,14 @@ def register(subparsers) -> None:
 
 
 def _words(args) -> list[str]:
+    from ..data.prepare import read_document
     from ..errors import BackpackError
 
     words = list(args.token)
     if args.words:
         path = Path(args.words)
         if path.is_file():
-            words += [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
+            words += [w.strip() for w in read_document(path).splitlines() if w.strip()]
         else:
             words += [w.strip() for w in args.words.split(",") if w.strip()]
     if not words:
@@ -40,7 +42,7 @@ def _words(args) -> list[str]:
 
 
 def run(args) -> None:
-    from ..atomic import write_json_atomic
+    from ..atomic import check_output_dir, check_output_file, write_json_atomic
     from ..errors import BackpackError
     from ..model.loading import load_model
     from ..senses.projection import format_projection, projection_heatmap, sense_projections, visible
@@ -49,6 +51,10 @@ def run(args) -> None:
     words = _words(args)
     if args.heatmap and not args.out:
         raise BackpackError("--heatmap needs --out DIR")
+    if args.out:
+        check_output_dir(args.out)
+    if args.json:
+        check_output_file(args.json)
     model, tokenizer = load_model(args.model)
     if tokenizer is None:
         raise BackpackError(f"{args.model} has no tokenizer")
@@ -76,5 +82,4 @@ def run(args) -> None:
             projection_heatmap(projections, args.out / "senses.png")
         print(f"wrote {args.out}/senses.json" + (" and senses.png" if args.heatmap else ""))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([p.to_dict() for p in projections], f, indent=1)
+        write_json_atomic(args.json, [p.to_dict() for p in projections])

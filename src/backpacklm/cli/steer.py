@@ -7,6 +7,7 @@ import argparse
 from ..senses.pplm import PPLMSettings
 from .help_format import DefaultsHelpFormatter
 from ..senses.steering import PPLM_STEP_SIZES, SamplingSettings
+from .options import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 
 
 def register(subparsers) -> None:
@@ -23,19 +24,19 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", action="append", default=None, help="prompt (repeatable; default: start of a document)")
     p.add_argument("--prompts", default=None, help="file of prompts, one per line")
     sampling = SamplingSettings()
-    p.add_argument("--samples", type=int, default=sampling.samples, help="samples per prompt")
-    p.add_argument("--length", type=int, default=sampling.length, help="new tokens per sample")
-    p.add_argument("--temperature", type=float, default=sampling.temperature)
-    p.add_argument("--top-k", type=int, default=sampling.top_k, help="0: no top-k filtering")
-    p.add_argument("--seed", type=int, default=sampling.seed)
+    p.add_argument("--samples", type=positive_int, default=sampling.samples, help="samples per prompt")
+    p.add_argument("--length", type=positive_int, default=sampling.length, help="new tokens per sample")
+    p.add_argument("--temperature", type=positive_float, default=sampling.temperature)
+    p.add_argument("--top-k", type=non_negative_int, default=sampling.top_k, help="0: no top-k filtering")
+    p.add_argument("--seed", type=non_negative_int, default=sampling.seed)
     pplm = PPLMSettings()
-    p.add_argument("--pplm-step-sizes", type=float, nargs=4, default=list(PPLM_STEP_SIZES), metavar="S",
+    p.add_argument("--pplm-step-sizes", type=non_negative_float, nargs=4, default=list(PPLM_STEP_SIZES), metavar="S",
                    help="PPLM step size at strengths 0..3")
-    p.add_argument("--iterations", type=int, default=pplm.iterations, help="PPLM gradient steps per token")
-    p.add_argument("--window", type=int, default=pplm.window, help="PPLM: perturb this many recent positions (0: all)")
-    p.add_argument("--kl-scale", type=float, default=pplm.kl_scale)
-    p.add_argument("--gm-scale", type=float, default=pplm.gm_scale)
-    p.add_argument("--gamma", type=float, default=pplm.gamma, help="PPLM gradient-norm exponent")
+    p.add_argument("--iterations", type=non_negative_int, default=pplm.iterations, help="PPLM gradient steps per token")
+    p.add_argument("--window", type=non_negative_int, default=pplm.window, help="PPLM: perturb this many recent positions (0: all)")
+    p.add_argument("--kl-scale", type=non_negative_float, default=pplm.kl_scale)
+    p.add_argument("--gm-scale", type=unit_interval, default=pplm.gm_scale)
+    p.add_argument("--gamma", type=non_negative_float, default=pplm.gamma, help="PPLM gradient-norm exponent")
     p.add_argument("--reference-model", default=None, help="model for perplexity (default: each method's own model)")
     p.add_argument("--mauve-references", default=None, help="reference texts for MAUVE, one per line")
     p.add_argument("--mauve-model", default=None, help="feature model for MAUVE (default: the reference model)")
@@ -86,12 +87,13 @@ def load_scorer(spec: str):
 def run(args) -> None:
     from pathlib import Path
 
-    from ..atomic import replacing, write_json_atomic
+    from ..atomic import check_output_dir, replacing, write_json_atomic
     from ..errors import BackpackError
     from ..model.loading import load_model
     from ..senses.steering import evaluate_steering, plot_steering
     from ..senses.topic import read_topic_words, make_topic
 
+    out = check_output_dir(args.out)
     topic_words = [(Path(path).stem, read_topic_words(path)) for path in args.topic]  # bad topic files fail first
     model, tokenizer = load_model(args.model, device=args.device)
     if tokenizer is None:
@@ -120,7 +122,6 @@ def run(args) -> None:
                      gm_scale=args.gm_scale, gamma=args.gamma),
         args.pplm_step_sizes, reference, load_scorer(args.scorer) if args.scorer else None, mauve_model, references,
     )
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "steer.json", report.to_dict())
     table = report.markdown()

@@ -7,8 +7,9 @@ import argparse
 from ..model.config import PRESETS
 from .help_format import DefaultsHelpFormatter
 from ..model.transformer import ARCHITECTURES
+from .options import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 
-MODEL_FIELDS = {"n_layer": int, "n_head": int, "n_embd": int, "num_senses": int, "n_positions": int, "vocab_size": int}
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "num_senses", "n_positions", "vocab_size")
 
 
 def register(subparsers) -> None:
@@ -24,30 +25,30 @@ def add_training_arguments(p, warmup_steps: int = 100, eval_interval: int = 250,
     """Model, schedule and run options shared by `backpack train` and `backpack gist train`."""
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--arch", default="backpack", choices=ARCHITECTURES)
-    for name, kind in MODEL_FIELDS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help="override the preset")
-    p.add_argument("--dropout", type=float, default=None, help="embedding, attention and residual dropout")
-    p.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (default 1000, or the resumed run's)")
-    p.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop at this step (schedule unchanged)")
-    p.add_argument("--max-minutes", type=float, default=None, help="checkpoint and stop after this wall time")
-    p.add_argument("--batch-size", type=int, default=12, help="sequences per optimizer step (all processes)")
-    p.add_argument("--block-size", type=int, default=None, help="tokens per sequence (default: model positions)")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--min-lr", type=float, default=None, help="default lr/10")
-    p.add_argument("--warmup-steps", type=int, default=warmup_steps)
+    for name in MODEL_FIELDS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=positive_int, default=None, help="override the preset")
+    p.add_argument("--dropout", type=unit_interval, default=None, help="embedding, attention and residual dropout")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="total optimizer steps (default 1000, or the resumed run's)")
+    p.add_argument("--stop-after", type=positive_int, default=None, help="checkpoint and stop at this step (schedule unchanged)")
+    p.add_argument("--max-minutes", type=positive_float, default=None, help="checkpoint and stop after this wall time")
+    p.add_argument("--batch-size", type=positive_int, default=12, help="sequences per optimizer step (all processes)")
+    p.add_argument("--block-size", type=positive_int, default=None, help="tokens per sequence (default: model positions)")
+    p.add_argument("--grad-accum", type=positive_int, default=1)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--min-lr", type=non_negative_float, default=None, help="default lr/10")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=warmup_steps)
     p.add_argument("--decay", default="cosine", choices=["cosine", "linear", "constant"])
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--eval-interval", type=int, default=eval_interval)
-    p.add_argument("--eval-batches", type=int, default=eval_batches)
-    p.add_argument("--log-interval", type=int, default=10)
-    p.add_argument("--checkpoint-interval", type=int, default=None, help="default: eval interval")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.1)
+    p.add_argument("--grad-clip", type=non_negative_float, default=1.0)
+    p.add_argument("--eval-interval", type=positive_int, default=eval_interval)
+    p.add_argument("--eval-batches", type=positive_int, default=eval_batches)
+    p.add_argument("--log-interval", type=positive_int, default=10)
+    p.add_argument("--checkpoint-interval", type=positive_int, default=None, help="default: eval interval")
+    p.add_argument("--seed", type=non_negative_int, default=1337)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--no-progress", action="store_true")
 

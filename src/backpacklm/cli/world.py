@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from .help_format import DefaultsHelpFormatter
+from .options import non_negative_int
 
 
 def register(subparsers) -> None:
@@ -25,16 +26,18 @@ def _register_senses(kinds) -> None:
                     "it into DIR/data (word-level: every world word one token), ready for `backpack train --data DIR/data`.",
     )
     senses.add_argument("--out", required=True, type=Path, metavar="DIR")
-    senses.add_argument("--seed", type=int, default=0)
+    senses.add_argument("--seed", type=non_negative_int, default=0)
     senses.add_argument("--documents", type=int, default=4000, metavar="N", help="documents (lines) to write (4000)")
     senses.add_argument("--prepare", action="store_true", help="also tokenize into DIR/data")
     senses.set_defaults(func=run_senses)
 
 
 def run_senses(args) -> None:
+    from ..atomic import output_dir
     from ..worlds.senses import generate_world, prepare_world
 
-    truth = generate_world(args.out, args.seed, args.documents)
+    with output_dir(args.out):
+        truth = generate_world(args.out, args.seed, args.documents)
     print(f"wrote {args.out}/world.txt ({truth['n_documents']} documents) and {args.out}/truth.json: "
           f"{len(truth['topics'])} topics, {len(truth['polysemous'])} polysemous words, "
           f"{len(truth['pronouns']['rates_he'])} professions")
@@ -56,7 +59,7 @@ def _register_instructions(kinds) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=non_negative_int, default=d.seed)
     p.add_argument("--n-train", type=int, default=d.n_train, help="training examples")
     p.add_argument("--n-eval", type=int, default=d.n_eval, help="examples per evaluation split")
     p.add_argument("--tasks", default=",".join(d.tasks), help=f"comma-separated subset of {','.join(TASKS)}")
@@ -72,6 +75,7 @@ def _register_instructions(kinds) -> None:
 
 
 def run_instructions(args: argparse.Namespace) -> None:
+    from ..atomic import output_dir
     from ..gist.layout import GistExample, build_gist_word_tokenizer
     from ..worlds.instructions import InstructionWorldConfig, generate_instruction_world, write_instruction_world
 
@@ -82,7 +86,8 @@ def run_instructions(args: argparse.Namespace) -> None:
         unseen_phrasings=args.unseen_phrasings, unseen_compositions=args.unseen_compositions,
     )
     world = generate_instruction_world(config)
-    paths = write_instruction_world(world, args.out)
+    with output_dir(args.out):
+        paths = write_instruction_world(world, args.out)
     examples = [GistExample(**record) for records in world.splits.values() for record in records]
     paths["tokenizer"] = args.out / "tokenizer"
     build_gist_word_tokenizer(examples).save_pretrained(paths["tokenizer"])

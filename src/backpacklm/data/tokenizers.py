@@ -150,10 +150,30 @@ def _unknown_error(chars: str) -> BackpackError:
     return BackpackError(f"{len(chars)} character(s) not in the tokenizer's vocabulary: {shown}")
 
 
+def unknown_words(tokenizer: PreTrainedTokenizerFast, text: str) -> list[str]:
+    """The distinct pieces of `text` a word-level tokenizer reads as its unknown token ([] for other tokenizers)."""
+    backend = tokenizer.backend_tokenizer
+    if not isinstance(backend.model, models.WordLevel) or is_char_tokenizer(tokenizer):
+        return []
+    unk = backend.model.unk_token
+    unk_id = backend.token_to_id(unk)
+    encoding = backend.encode(text, add_special_tokens=False)
+    pieces = (text[start:end] for i, (start, end) in zip(encoding.ids, encoding.offsets) if i == unk_id)
+    return list(dict.fromkeys(piece.strip() or piece for piece in pieces if piece != unk))
+
+
 def encode_strict(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
-    """Token ids of `text` (no special tokens added); BackpackError naming any character the tokenizer lacks."""
+    """Token ids of `text` (no special tokens added); BackpackError for text that is not valid Unicode (undecodable
+    bytes of a command-line argument), and naming any character (or, word-level, any word) the tokenizer lacks."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BackpackError(f"text is not valid UTF-8 (undecodable bytes at character {err.start})") from None
     if chars := unknown_characters(tokenizer, text):
         raise _unknown_error(chars)
+    if words := unknown_words(tokenizer, text):
+        shown = " ".join(repr(w) for w in words[:10]) + (" ..." if len(words) > 10 else "")
+        raise BackpackError(f"{len(words)} word(s) not in the tokenizer's vocabulary: {shown}")
     return tokenizer.encode(text, add_special_tokens=False)
 
 

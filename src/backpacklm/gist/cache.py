@@ -29,9 +29,11 @@ from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from ..atomic import replacing
+from ..checks import check_fields
 from ..errors import BackpackError
 from ..model.loading import max_positions
 from ..data.batching import pad_rows
+from ..data.tokenizers import encode_strict
 from .layout import GIST_TOKEN, GistExample, encode_example, encode_instruction, encode_tail
 from .masks import allowed_attention, padded_position_ids, to_additive
 
@@ -270,7 +272,7 @@ def compress(model, tokenizer, instructions: list[str], num_gists: int | None = 
 def compress_texts(model, tokenizer, texts: list[str], batch_size: int = 16) -> CompressedPrompts:
     """Compress raw prompt texts that end with their `<GIST>` tokens (e.g. "Instruction: ...\\n<GIST><GIST>")."""
     gist_id = _gist_id(model, tokenizer)
-    prompts = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    prompts = [encode_strict(tokenizer, text) for text in texts]
     return compress_ids(model, prompts, gist_id, "gists", batch_size, list(texts))
 
 
@@ -350,6 +352,10 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int = 0
     seed: int = 0
+
+    def __post_init__(self):
+        check_fields(self, max_new_tokens="positive_int", temperature="positive_float", top_k="non_negative_int",
+                     seed="non_negative_int")
 
 
 @torch.no_grad()

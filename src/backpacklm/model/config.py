@@ -9,6 +9,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import GPT2Config
 
+from ..checks import check_fields
 from ..errors import BackpackError
 
 # Published sizes (Hewitt et al. 2023, Table 1 and the stanfordnlp/backpack-gpt2 release): k=16, V=50264, 512 positions.
@@ -47,6 +48,9 @@ class BackpackConfig(GPT2Config):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        check_fields(self, **dict.fromkeys(("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "num_senses",
+                                            "sense_intermediate_scale"), "positive_int"),
+                     **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), "unit_interval"))
         if self.n_embd % self.n_head or self.n_embd % self.num_senses:
             raise BackpackError(
                 f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} and num_senses={self.num_senses}"

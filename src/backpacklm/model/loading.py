@@ -38,9 +38,41 @@ def is_encoder_decoder_dir(path: str | Path) -> bool:
     """Whether the model directory (or run) holds an encoder-decoder model (e.g. T5), from its config.json."""
     config_file = resolve_model_dir(path) / "config.json"
     try:
-        return bool(json.loads(config_file.read_text()).get("is_encoder_decoder", False))
+        config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise BackpackError(f"cannot read {config_file}: {err}") from None
+    if not isinstance(config, dict):
+        raise BackpackError(f"{config_file} is not a model config (a JSON object)")
+    return bool(config.get("is_encoder_decoder", False))
+
+
+def check_device(device: str) -> str:
+    """`device` if torch can use it on this machine: "cpu", "cuda", "cuda:1", "mps", ..., else BackpackError."""
+    import torch
+
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise BackpackError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if kind.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise BackpackError(f"device {device!r} requested, but CUDA is not available on this machine")
+        if kind.index is not None and kind.index >= count:
+            raise BackpackError(f"device {device!r} requested, but this machine has {count} CUDA device(s)")
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        raise BackpackError(f"device {device!r} requested, but MPS is not available on this machine")
+    return device
+
+
+def check_finite(model, where: Path) -> None:
+    """BackpackError naming the first weight that holds NaN or infinity (a corrupted or diverged checkpoint)."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise BackpackError(f"checkpoint in {where} has NaN or infinite weights ({name}); it is corrupted or "
+                                "its training diverged")
 
 
 def load_model(path: str | Path, device: str = "cpu", **kwargs):
@@ -48,6 +80,8 @@ def load_model(path: str | Path, device: str = "cpu", **kwargs):
     is_encoder_decoder. Missing, unexpected or mis-shaped weights are an error, never silently re-initialized."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    if device is not None:
+        check_device(device)
     model_dir = resolve_model_dir(path)
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder_dir(model_dir) else AutoModelForCausalLM
     try:
@@ -61,6 +95,7 @@ def load_model(path: str | Path, device: str = "cpu", **kwargs):
     if problems:
         detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, sorted(v, key=str)[:3]))}" for k, v in problems.items())
         raise BackpackError(f"checkpoint in {model_dir} does not match its config ({detail})")
+    check_finite(model, model_dir)
     model.to(device).eval()
     return model, load_tokenizer_if_present(model_dir)
 

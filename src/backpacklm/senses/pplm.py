@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import DynamicCache
 
+from ..checks import check_fields
 from ..errors import BackpackError
 from ..model.loading import max_positions
 from .topic import Generation
@@ -41,6 +42,10 @@ class PPLMSettings:
     kl_scale: float = 0.01
     gm_scale: float = 0.9
     gamma: float = 1.5
+
+    def __post_init__(self):
+        check_fields(self, step_size="non_negative_float", iterations="non_negative_int", window="non_negative_int",
+                     kl_scale="non_negative_float", gm_scale="unit_interval", gamma="non_negative_float")
 
     def to_dict(self) -> dict:
         return asdict(self)

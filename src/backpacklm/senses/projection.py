@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check
 from ..errors import BackpackError
 from .words import word_ids, word_vectors
 
@@ -56,6 +57,7 @@ def sense_projection(model, tokenizer, word: str, top: int = 10, how: str = "ave
     logits = logits[:, : len(tokenizer)]  # rows past the tokenizer are padding
     show = lambda i: tokenizer.decode([i])
     raised, lowered = [], []
+    top = min(check("top", top, "positive_int"), logits.shape[1])  # at most every token
     for row in logits:
         hi, lo = row.topk(top), (-row).topk(top)
         raised.append([(show(i), round(v, 4)) for i, v in zip(hi.indices.tolist(), hi.values.tolist())])

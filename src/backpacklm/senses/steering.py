@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..checks import check_fields
 from ..errors import BackpackError
 from ..sampling import encode_prompt
 from .pplm import PPLMSettings, generate_pplm
@@ -30,6 +31,10 @@ class SamplingSettings:
     temperature: float = 1.0
     top_k: int = 10  # PPLM's default
     seed: int = 0
+
+    def __post_init__(self):
+        check_fields(self, length="positive_int", samples="positive_int", temperature="positive_float",
+                     top_k="non_negative_int", seed="non_negative_int")
 
 
 @dataclass
@@ -122,6 +127,9 @@ def evaluate_steering(models: dict, tokenizer, topics: Sequence[Topic], strength
     `mauve_model` (default: the reference model) for the features."""
     sampling = sampling or SamplingSettings()
     prompts = list(prompts) or [""]
+    for model in models.values():  # unknown words or ids fail here, before the progress bar starts
+        for prompt in prompts:
+            encode_prompt(tokenizer, prompt, model.config.vocab_size)
     if mauve_references is not None and mauve_model is None and reference_model is None:
         raise BackpackError("MAUVE needs a feature model: name a mauve model or a reference model")
     reference_features = None

@@ -23,12 +23,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..atomic import write_json_atomic
+from ..atomic import check_output_dir, write_json_atomic
+from ..checks import check_fields
 from ..data.dataset import TokenData, sample_batch
 from ..errors import BackpackError
 from ..evaluation import mean_loss
 from ..model.config import PRESETS, BackpackConfig
-from ..model.loading import load_model, max_positions
+from ..model.loading import check_device, load_model, max_positions
 from ..model.transformer import build_model
 from . import distributed
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
@@ -69,6 +70,16 @@ class TrainConfig:
     threads: int | None = None  # CPU threads (torch.set_num_threads); 1 avoids OpenMP stalls on a busy small machine
     resume: bool = False
     progress: bool = True
+
+    def __post_init__(self):
+        check_fields(
+            self, max_steps="positive_int", stop_after="positive_int", max_minutes="positive_float",
+            batch_size="positive_int", block_size="positive_int", grad_accum="positive_int", lr="positive_float",
+            min_lr="non_negative_float", warmup_steps="non_negative_int", weight_decay="non_negative_float",
+            grad_clip="non_negative_float", eval_interval="positive_int", eval_batches="positive_int",
+            log_interval="positive_int", checkpoint_interval="positive_int", seed="non_negative_int",
+            threads="positive_int",
+        )
 
 
 def model_config(cfg: TrainConfig, meta: dict) -> BackpackConfig:
@@ -162,6 +173,9 @@ def _autocast(device: str, dtype: str):
 def train(cfg: TrainConfig, source=None) -> dict:
     """Train (or resume) a run in `cfg.out` on `source` (default: `TokenWindows(cfg.data)`); returns the final
     summary (also written to summary.json)."""
+    check_output_dir(cfg.out)  # before any work, like the device
+    if cfg.device != "auto":
+        check_device(cfg.device)
     env = distributed.setup(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
