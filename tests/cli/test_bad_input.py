@@ -45,6 +45,7 @@ def paths(tmp_path_factory):
     (root / "file").write_text("not a folder")
     (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (root / "corpus.txt").write_text(TEXT)
+    (root / "unknown_pairs.txt").write_text("zebra\tyak\t3\nokapi\tgnu\t5\n")
     return root
 
 
@@ -163,6 +164,7 @@ RUNTIME = [
     ("heads importance --model {char} --out {file} --builtin copy", "exists and is not a folder"),
     ("lexsim --model {char} --data {corpus} --out {file}", "exists and is not a folder"),
     ("debias --model {char} --out {file}", "exists and is not a folder"),
+    ("lexsim --model {word} --data {unknown_pairs} --out {root}/lexsim", "nothing to correlate (first words it cannot"),
     ("steer --model {char} --topic {corpus} --out {file}", "exists and is not a folder"),
     ("gist compress --model {char} --prompt x --out {root}", "is a folder"),
     ("gist eval --model {char} --data {corpus} --out {file}", "exists and is not a folder"),

@@ -214,3 +214,14 @@ def test_bpe_pairs_split_like_lm_eval():
     assert (context, continuation) == encode_pair(bpe, "the sky is", " blue")
     assert bpe.decode(context) == "the sky is" and bpe.decode(continuation) == " blue"
     assert context + continuation == bpe.encode("the sky is blue")
+
+
+def test_task_text_the_tokenizer_cannot_encode_is_an_error():
+    from backpacklm.data.tokenizers import build_word_tokenizer
+
+    words = build_word_tokenizer(["the sky is blue"])
+    assert encode_pair(words, "the sky is", " blue") == (words.encode("the sky is"), words.encode(" blue"))
+    with pytest.raises(BackpackError, match="1 word\\(s\\) not in the tokenizer's vocabulary: 'green'"):
+        encode_pair(words, "the sky is", " green")  # not scored as <unk>
+    with pytest.raises(BackpackError, match="character"):
+        encode_pair(build_char_tokenizer("the sky"), "the sky is", " blue")

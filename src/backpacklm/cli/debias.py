@@ -48,6 +48,9 @@ def run(args) -> None:
     if tokenizer is None:
         raise BackpackError("none of the model directories has a tokenizer")
     report = debias([m for m, _ in loaded], tokenizer, professions, templates, args.sense)
+    if professions and len(report.professions) < len(professions):
+        left_out = [p for p in professions if p not in report.professions]
+        print(f"left out {len(left_out)} profession(s) that are not one token: {', '.join(left_out)}")
     table = report.markdown()
     print(f"gender sense: {report.sense}\n{table}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,9 @@ def run(args) -> None:
         raise BackpackError(f"{args.model} has no tokenizer; pass --tokenizer")
     vectors = WordVectors(model, tokenizer, args.multi_token)
     results = [lexical_similarity(model, tokenizer, gold, vectors=vectors) for gold in golds]
+    if not any(r.spearman for r in results):
+        raise BackpackError("no file has two word pairs this tokenizer can encode, so there is nothing to correlate "
+                            f"(first words it cannot encode: {', '.join(results[0].skipped_words[:5])})")
     table = markdown_table(results)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

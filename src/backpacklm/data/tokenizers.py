@@ -133,7 +133,8 @@ def _load_byte_level_bpe(vocab_file: Path, merges_file: Path) -> PreTrainedToken
 
 def is_char_tokenizer(tokenizer: PreTrainedTokenizerFast) -> bool:
     """True for tokenizers made by `build_char_tokenizer` (and saved/loaded copies of them)."""
-    return isinstance(tokenizer.backend_tokenizer.pre_tokenizer, pre_tokenizers.FixedLength)
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # None: a tokenizer without a `tokenizers` backend
+    return backend is not None and isinstance(backend.pre_tokenizer, pre_tokenizers.FixedLength)
 
 
 def unknown_characters(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
@@ -152,8 +153,8 @@ def _unknown_error(chars: str) -> BackpackError:
 
 def unknown_words(tokenizer: PreTrainedTokenizerFast, text: str) -> list[str]:
     """The distinct pieces of `text` a word-level tokenizer reads as its unknown token ([] for other tokenizers)."""
-    backend = tokenizer.backend_tokenizer
-    if not isinstance(backend.model, models.WordLevel) or is_char_tokenizer(tokenizer):
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.model, models.WordLevel) or is_char_tokenizer(tokenizer):
         return []
     unk = backend.model.unk_token
     unk_id = backend.token_to_id(unk)
@@ -163,8 +164,14 @@ def unknown_words(tokenizer: PreTrainedTokenizerFast, text: str) -> list[str]:
 
 
 def encode_strict(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
-    """Token ids of `text` (no special tokens added); BackpackError for text that is not valid Unicode (undecodable
-    bytes of a command-line argument), and naming any character (or, word-level, any word) the tokenizer lacks."""
+    """Token ids of `text` (no special tokens added), after `check_encodable`."""
+    check_encodable(tokenizer, text)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def check_encodable(tokenizer: PreTrainedTokenizerFast, text: str) -> None:
+    """BackpackError for text that is not valid Unicode (undecodable bytes of a command-line argument), and naming
+    any character (or, word-level, any word) the tokenizer lacks."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
@@ -174,7 +181,6 @@ def encode_strict(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
     if words := unknown_words(tokenizer, text):
         shown = " ".join(repr(w) for w in words[:10]) + (" ..." if len(words) > 10 else "")
         raise BackpackError(f"{len(words)} word(s) not in the tokenizer's vocabulary: {shown}")
-    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def encode_ordinary(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list[np.ndarray]:

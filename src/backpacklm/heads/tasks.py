@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from ..atomic import replacing
 from ..data.batching import pad_rows
+from ..data.tokenizers import check_encodable
 from ..errors import BackpackError
 from ..model.loading import max_positions
 
@@ -282,6 +283,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     """(context ids, continuation ids) as lm-eval makes them: trailing whitespace of the context moves to the
     continuation, the whole text is encoded once and split at the context's length (so BPE merges stay natural).
     An empty context becomes the BOS (or EOS) token, so the first continuation token has something to condition on."""
+    check_encodable(tokenizer, context + continuation)  # unknown words must not score as <unk>
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
