@@ -209,7 +209,8 @@ def test_data_from_another_tokenizer_is_refused_before_any_work(paths, capsys, t
     """The ids of abc_data (6 characters) fit the char model's 22, so only the tokenizer check stops them."""
     line = cli_error(capsys, "eval", "--model", paths / "char", "--data", paths / "abc_data")
     assert line == (f"backpack eval: error: {paths / 'abc_data'} was prepared with a different tokenizer than "
-                    f"{paths / 'char'} (data vs model: vocabulary 6 vs 22 tokens, first difference at id 2: 'a' vs '.')")
+                    f"{paths / 'char'} (data vs model: vocabulary 6 vs 22 tokens, "
+                    "first difference at id 2: 'a' vs '.')")
     tiny = ["--max-steps", "2", "--stop-after", "1", "--block-size", "8", "--batch-size", "2", "--eval-batches", "1",
             "--no-progress"]
     line = cli_error(capsys, "train", "--init-from", paths / "char", "--data", paths / "abc_data", "--out",
