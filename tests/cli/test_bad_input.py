@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from backpacklm.checks import check
+from backpacklm.cli.main import main
+from backpacklm.data.prepare import prepare_corpus
 from backpacklm.data.tokenizers import build_char_tokenizer, build_word_tokenizer
 from backpacklm.errors import BackpackError
 from backpacklm.gist.cache import SamplingConfig
@@ -46,6 +48,10 @@ def paths(tmp_path_factory):
     (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (root / "corpus.txt").write_text(TEXT)
     (root / "unknown_pairs.txt").write_text("zebra\tyak\t3\nokapi\tgnu\t5\n")
+    # prepared data: with the char models' tokenizer (TEXT's characters), and with another whose 6 ids fit them too
+    for name, text in (("story", TEXT * 20), ("abc", "a cab\n" * 60)):
+        (root / f"{name}.txt").write_text(text)
+        prepare_corpus([str(root / f"{name}.txt")], root / f"{name}_data", tokenizer="char")
     return root
 
 
@@ -169,6 +175,9 @@ RUNTIME = [
     ("gist compress --model {char} --prompt x --out {root}", "is a folder"),
     ("gist eval --model {char} --data {corpus} --out {file}", "exists and is not a folder"),
     ("gist bench --model {char} --data {corpus} --out {file}", "exists and is not a folder"),
+    ("eval --model {char} --data {abc_data}", "abc_data was prepared with a different tokenizer than"),
+    ("eval --model {word} --data {story_data}", "(data vs model: vocabulary 22 vs"),
+    ("heads induction --model {char} --data {abc_data} --out {root}/induction", "different tokenizer"),
 ]
 
 
@@ -194,6 +203,29 @@ def test_failed_command_leaves_no_new_folder(paths, capsys, tmp_path):
     assert "unknown built-in task" in cli_error(capsys, "heads", "importance", "--model", paths / "char", "--out",
                                                  out, "--builtin", "bogus")
     assert not (tmp_path / "new").exists()
+
+
+def test_data_from_another_tokenizer_is_refused_before_any_work(paths, capsys, tmp_path):
+    """The ids of abc_data (6 characters) fit the char model's 22, so only the tokenizer check stops them."""
+    line = cli_error(capsys, "eval", "--model", paths / "char", "--data", paths / "abc_data")
+    assert line == (f"backpack eval: error: {paths / 'abc_data'} was prepared with a different tokenizer than "
+                    f"{paths / 'char'} (data vs model: vocabulary 6 vs 22 tokens, "
+                    "first difference at id 2: 'a' vs '.')")
+    tiny = ["--max-steps", "2", "--stop-after", "1", "--block-size", "8", "--batch-size", "2", "--eval-batches", "1",
+            "--no-progress"]
+    line = cli_error(capsys, "train", "--init-from", paths / "char", "--data", paths / "abc_data", "--out",
+                     tmp_path / "refused", *tiny)
+    assert "abc_data was prepared with a different tokenizer than" in line and not (tmp_path / "refused").exists()
+    run = tmp_path / "run"  # the matching data trains, then the run's data folder is swapped
+    assert main(["train", "--init-from", str(paths / "char"), "--data", str(paths / "story_data"), "--out", str(run),
+                 *tiny]) == 0
+    line = cli_error(capsys, "train", "--resume", "--data", paths / "abc_data", "--out", run, *tiny)
+    assert f"different tokenizer than {run / 'step-0000001'} (data vs model" in line
+
+
+def test_data_without_a_tokenizer_folder_is_not_compared(paths, capsys, tmp_path):
+    data = shutil.copytree(paths / "abc_data", tmp_path / "abc_data", ignore=shutil.ignore_patterns("tokenizer"))
+    assert main(["eval", "--model", str(paths / "char"), "--data", str(data)]) == 0
 
 
 API = [

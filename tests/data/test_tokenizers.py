@@ -10,10 +10,12 @@ from backpacklm.data import tokenizers as tk
 from backpacklm.data.tokenizers import (
     EOT,
     build_char_tokenizer,
+    build_word_tokenizer,
     encode_ordinary,
     encode_strict,
     is_char_tokenizer,
     load_tokenizer,
+    tokenizer_difference,
     train_bpe_tokenizer,
 )
 from backpacklm.errors import BackpackError
@@ -148,3 +150,23 @@ def test_load_tokenizer_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(tk.AutoTokenizer, "from_pretrained", offline)
     with pytest.raises(BackpackError, match=r"^could not load tokenizer 'gpt2' .*connect[^\n]*$"):
         load_tokenizer("gpt2")
+
+
+def test_tokenizer_difference_survives_save_and_load(tmp_path):
+    for name, tok in [("char", build_char_tokenizer(TEXT)), ("word", build_word_tokenizer([TEXT])),
+                      ("bpe", train_bpe_tokenizer([english_like(500)], vocab_size=270))]:
+        tok.save_pretrained(tmp_path / name)
+        assert tokenizer_difference(tok, load_tokenizer(tmp_path / name)) == ""
+        assert tokenizer_difference(AutoTokenizer.from_pretrained(tmp_path / name), tok) == ""
+
+
+def test_tokenizer_difference_names_sizes_first_differing_id_and_kind():
+    small, large = build_char_tokenizer("a cab\n"), build_char_tokenizer("the king loves the crown.\n")
+    assert tokenizer_difference(small, large) == "vocabulary 6 vs 18 tokens, first difference at id 2: 'a' vs '.'"
+    same_size = tokenizer_difference(build_char_tokenizer("xyz ab\n"), build_char_tokenizer("abcdef\n"))
+    assert same_size == "vocabulary 8 vs 8 tokens, first difference at id 1: ' ' vs 'a'"
+    grown = build_char_tokenizer("a cab\n")
+    grown.add_tokens(["<x>"])
+    assert tokenizer_difference(small, grown) == "vocabulary 6 vs 7 tokens, first difference at id 6: none vs '<x>'"
+    bpe = train_bpe_tokenizer([english_like(500)], vocab_size=270)
+    assert tokenizer_difference(bpe, small).startswith("BPE vs WordLevel tokenizer; vocabulary 270 vs 6 tokens")

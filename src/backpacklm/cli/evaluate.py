@@ -36,7 +36,9 @@ def run(args) -> None:
         check_output_file(args.json)
     model, tokenizer = load_model(args.model)
     if args.data:
-        tokens = TokenData(args.data).split(args.split)
+        data = TokenData(args.data)
+        data.check_tokenizer(tokenizer, args.model)
+        tokens = data.split(args.split)
     else:
         if tokenizer is None:
             raise BackpackError("the model directory has no tokenizer to read --text with")

@@ -294,7 +294,9 @@ def run_induction(args) -> None:
     if args.data:
         from ..data.dataset import TokenData
 
-        train = TokenData(args.data).train
+        data = TokenData(args.data)
+        data.check_tokenizer(tokenizer, args.model)
+        train = data.train
         if len(train) and int(train.max()) >= model.config.vocab_size:
             raise BackpackError(f"{args.data}: token ids beyond the model's vocabulary of {model.config.vocab_size}")
         counts = np.bincount(np.asarray(train), minlength=model.config.vocab_size)

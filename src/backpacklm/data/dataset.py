@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import BackpackError
-from .tokenizers import load_tokenizer
+from .tokenizers import load_tokenizer, tokenizer_difference
 
 SPLITS = ("train", "val")
 META_KEYS = ("vocab_size", "dtype", "eot_id", "n_train_tokens", "n_val_tokens")
@@ -60,6 +60,17 @@ class TokenData:
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerFast:
         return load_tokenizer(self.dir / "tokenizer")
+
+    def check_tokenizer(self, model_tokenizer: PreTrainedTokenizerFast | None, model: str | Path) -> None:
+        """BackpackError naming both folders when the model at `model` comes with another tokenizer than this data
+        (`tokenizer_difference`: kind or vocabulary), which would read the data's ids as other tokens. Silent when
+        either side has no tokenizer saved (`model_tokenizer` None, no tokenizer/ folder): there is nothing to compare,
+        and the callers' token id range checks still apply."""
+        if model_tokenizer is None or not (self.dir / "tokenizer").is_dir():
+            return
+        if difference := tokenizer_difference(self.tokenizer, model_tokenizer):
+            raise BackpackError(f"{self.dir} was prepared with a different tokenizer than {model} "
+                                f"(data vs model: {difference})")
 
 
 def sample_batch(tokens: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator) -> torch.Tensor:

@@ -189,6 +189,12 @@ def train(cfg: TrainConfig, source=None) -> dict:
         distributed.teardown(env)
 
 
+def _check_data_tokenizer(data, model_tokenizer, model) -> None:
+    """Prepared data (TokenWindows) must come with the model's tokenizer; other sources take theirs from the model."""
+    if isinstance(data, TokenWindows):
+        data.data.check_tokenizer(model_tokenizer, model)
+
+
 def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     run_dir = Path(cfg.out)
     checkpoint = latest_checkpoint(run_dir)
@@ -196,7 +202,8 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     if cfg.resume:
         if checkpoint is None:
             raise BackpackError(f"--resume: {run_dir} holds no checkpoint to resume")
-        model, _ = load_model(checkpoint)
+        model, model_tokenizer = load_model(checkpoint)
+        _check_data_tokenizer(data, model_tokenizer, checkpoint)
         for param in model.parameters():  # fresh (aligned) storage, as in the uninterrupted run
             param.data = param.data.clone()
         state, extra, optimizer_state = load_training_state(checkpoint)
@@ -215,7 +222,8 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             )
         torch.manual_seed(cfg.seed)
         if cfg.init_from:
-            model, _ = load_model(cfg.init_from)
+            model, model_tokenizer = load_model(cfg.init_from)
+            _check_data_tokenizer(data, model_tokenizer, cfg.init_from)
         else:
             model = build_model(model_config(cfg, data.meta), cfg.arch)
     data.prepare_model(model, fresh=not cfg.resume)
