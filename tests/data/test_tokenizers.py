@@ -168,5 +168,7 @@ def test_tokenizer_difference_names_sizes_first_differing_id_and_kind():
     grown = build_char_tokenizer("a cab\n")
     grown.add_tokens(["<x>"])
     assert tokenizer_difference(small, grown) == "vocabulary 6 vs 7 tokens, first difference at id 6: none vs '<x>'"
+    assert tokenizer_difference(small, grown, b_may_extend=True) == ""  # e.g. a gist model reading its base's data
+    assert tokenizer_difference(grown, small, b_may_extend=True) != ""  # the data's <x> would be out of the model
     bpe = train_bpe_tokenizer([english_like(500)], vocab_size=270)
     assert tokenizer_difference(bpe, small).startswith("BPE vs WordLevel tokenizer; vocabulary 270 vs 6 tokens")

@@ -63,12 +63,13 @@ class TokenData:
 
     def check_tokenizer(self, model_tokenizer: PreTrainedTokenizerFast | None, model: str | Path) -> None:
         """BackpackError naming both folders when the model at `model` comes with another tokenizer than this data
-        (`tokenizer_difference`: kind or vocabulary), which would read the data's ids as other tokens. Silent when
+        (`tokenizer_difference`: kind or vocabulary), which would read the data's ids as other tokens; a model
+        tokenizer that only adds tokens (a gist model's <GIST>) reads them alike and passes. Silent when
         either side has no tokenizer saved (`model_tokenizer` None, no tokenizer/ folder): there is nothing to compare,
         and the callers' token id range checks still apply."""
         if model_tokenizer is None or not (self.dir / "tokenizer").is_dir():
             return
-        if difference := tokenizer_difference(self.tokenizer, model_tokenizer):
+        if difference := tokenizer_difference(self.tokenizer, model_tokenizer, b_may_extend=True):
             raise BackpackError(f"{self.dir} was prepared with a different tokenizer than {model} "
                                 f"(data vs model: {difference})")
 

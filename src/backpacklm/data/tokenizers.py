@@ -137,14 +137,17 @@ def is_char_tokenizer(tokenizer: PreTrainedTokenizerFast) -> bool:
     return backend is not None and isinstance(backend.pre_tokenizer, pre_tokenizers.FixedLength)
 
 
-def tokenizer_difference(a: PreTrainedTokenizerFast, b: PreTrainedTokenizerFast) -> str:
+def tokenizer_difference(a: PreTrainedTokenizerFast, b: PreTrainedTokenizerFast, b_may_extend: bool = False) -> str:
     """What differs between `a` and `b` for reading token ids ("" if nothing), `a`'s side first: the kind of model
     (BPE, WordLevel, ...) and the vocabulary (token -> id, added tokens included), e.g. "vocabulary 6 vs 20 tokens,
-    first difference at id 2: 'a' vs '.'". Ids and token strings only, so a saved and loaded copy compares equal."""
+    first difference at id 2: 'a' vs '.'". Ids and token strings only, so a saved and loaded copy compares equal.
+    `b_may_extend`: `b` may hold tokens `a` lacks (e.g. a model's added <GIST>), as long as every id of `a` means the
+    same token in `b`."""
     kinds = [type(t.backend_tokenizer.model).__name__ for t in (a, b) if getattr(t, "backend_tokenizer", None)]
     parts = [f"{kinds[0]} vs {kinds[1]} tokenizer"] if len(kinds) == 2 and kinds[0] != kinds[1] else []
     vocab_a, vocab_b = a.get_vocab(), b.get_vocab()
-    if vocab_a != vocab_b:
+    extends = b_may_extend and all(vocab_b.get(token) == i for token, i in vocab_a.items())
+    if vocab_a != vocab_b and not extends:
         token_a, token_b = ({i: token for token, i in vocab.items()} for vocab in (vocab_a, vocab_b))
         first = min((i for i in token_a.keys() | token_b.keys() if token_a.get(i) != token_b.get(i)), default=None)
         parts.append(f"vocabulary {len(vocab_a)} vs {len(vocab_b)} tokens")
