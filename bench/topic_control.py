@@ -72,7 +72,10 @@ def world_part(args) -> dict:
     for method in ("sense", "pplm"):
         for t in topics:
             base, steered = by[method, t.name, 0], by[method, t.name, 3]
-            ratio = steered.in_vocab_share / base.in_vocab_share if base.in_vocab_share else float("inf")
+            if base.in_vocab_share:
+                ratio = steered.in_vocab_share / base.in_vocab_share
+            else:  # 0 -> 0 is no effect (NaN, fails), not an infinite gain
+                ratio = float("inf") if steered.in_vocab_share else float("nan")
             checks[f"{method}/{t.name}"] = {
                 "in_vocab_0": base.in_vocab_share, "in_vocab_3": steered.in_vocab_share, "ratio": ratio,
                 "perplexity_ratio": steered.perplexity / base.perplexity,
