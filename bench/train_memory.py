@@ -16,11 +16,7 @@ Time: one more subprocess (default allocator) builds both models and alternates 
 then naive then ours (`--time-rounds` rounds), so that load from other processes hits both alike; step times of
 separate processes minutes apart differed by up to 1.5x on this machine. The memory runs' own step times are kept too.
 
-Variants, with --variants (our model, same weights; measured suggestions, not what ships):
-    ours_unshifted_loss  loss = CE(logits.flatten(0, 1), labels shifted left and padded with -100): the same value
-                         without ours' `logits[:, :-1].flatten(0, 1)` copy of the [B, T-1, V] logits
-
-Run:  .venv/bin/python bench/train_memory.py [--batch 8 --block 512 --threads 1 --variants]
+Run:  .venv/bin/python bench/train_memory.py [--batch 8 --block 512 --threads 1]
 """
 
 from __future__ import annotations
@@ -35,11 +31,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 MiB = 2**20
 MODELS = ("ours", "naive")
-VARIANTS = ("ours_unshifted_loss",)
 
 
 def rss_bytes() -> int:
@@ -64,11 +58,6 @@ def build(name, preset):
     if name == "naive":
         model = NaiveBackpack.from_ours(model)  # the BackpackForCausalLM is garbage once this returns
         return model, lambda x: model(x, labels=x)[1], config
-    if name == "ours_unshifted_loss":
-        def loss_fn(x):
-            labels = F.pad(x[:, 1:], (0, 1), value=-100)
-            return F.cross_entropy(model(x, use_cache=False).logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return model, loss_fn, config
     return model, lambda x: model(x, labels=x, use_cache=False).loss, config
 
 
@@ -154,10 +143,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0 = leave torch's default)")
-    p.add_argument("--variants", action="store_true", help="also measure ours_unshifted_loss")
     p.add_argument("--data", default=None, help="directory with tinyshakespeare/ and gpt2_bpe/ (default ../shared/data)")
     p.add_argument("--time-rounds", type=int, default=2, help="training steps per model in the timing process")
-    p.add_argument("--worker", choices=MODELS + VARIANTS + ("time",), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=MODELS + ("time",), help=argparse.SUPPRESS)
     p.add_argument("--out", default="train_memory")
     args = p.parse_args(argv)
     if args.threads:
@@ -168,8 +156,7 @@ def main(argv=None):
 
     from common import print_table, save_result
 
-    names = MODELS + (VARIANTS if args.variants else ())
-    results = {name: run_worker(name, args) for name in names}
+    results = {name: run_worker(name, args) for name in MODELS}
     timing = run_worker("time", args)["step_times_s"]
     for name in MODELS:
         results[name]["step_times_s"] = timing[name]

@@ -75,7 +75,8 @@ def test_cached_decoding_equals_full_forward():
         out = model(x[:, :7], use_cache=True)
         steps = [out.logits]
         for t in range(7, 30):
-            out = model(x[:, t:t + 1], cache=out.cache, use_cache=True)
+            cache = {"past_key_values" if t % 2 else "cache": out.cache}  # the pre-5.24 name works alike
+            out = model(x[:, t:t + 1], use_cache=True, **cache)
             steps.append(out.logits)
     assert len(out.cache.layers) == model.config.n_layer + 1  # trunk layers + the sense layer
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)

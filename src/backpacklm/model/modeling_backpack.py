@@ -167,6 +167,10 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
     ) -> BackpackOutput:
         """input_ids [batch, pos]; attention_mask [batch, past+pos] (1 keep, 0 pad) or additive float
         [batch, 1, pos, past+pos]; labels [batch, pos] (shifted inside; -100 ignored)."""
+        if "past_key_values" in kwargs:  # the cache's name before transformers 5.24; dropping it would decode blind
+            if cache is not None:
+                raise BackpackError("give the cache as `cache` or `past_key_values`, not both")
+            cache = kwargs.pop("past_key_values")
         config = self.config
         checked = input_ids.numel() and not torch.compiler.is_compiling()  # no graph break under torch.compile
         if checked and (int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size):
