@@ -3,7 +3,6 @@ encoder-decoder T5 (any --model directory; the family is read from its config)."
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..errors import BackpackError

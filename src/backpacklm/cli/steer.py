@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from ..senses.pplm import PPLMSettings
 from .help_format import DefaultsHelpFormatter

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from ..model.config import PRESETS
 from .help_format import DefaultsHelpFormatter

@@ -188,7 +188,7 @@ def lexical_similarity(model, tokenizer, gold: WordPairs, how: str = "average",
     if len(rows) >= 2:
         for method in rows[0]:
             rho = spearmanr([r[method] for r in rows], gold_scores).statistic
-            spearman[method] = round(float(rho), 4) if rho == rho else float("nan")
+            spearman[method] = round(float(rho), 4)  # NaN (constant scores) stays NaN
     return LexsimResult(gold.name, len(gold.pairs), len(rows), spearman, sorted(skipped))
 
 
