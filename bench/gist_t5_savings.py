@@ -10,7 +10,7 @@ and GPT-2's BPE tokenizer (`../shared/data/gpt2_bpe`), saved to a directory and 
 `backpack gist train`'s loop for a few steps on the seen split (quality is not measured here: savings do not depend on
 the weights). Then `measure_savings` on the first --prompts prompts of the seen split, batch 1 and 8.
 
-Writes bench/results/gist_t5_savings.json and gist_t5_savings.md.
+Writes bench/results/<out>.json and <out>.md (--out, default gist_t5_savings).
 Run:  .venv/bin/python bench/gist_t5_savings.py [--prompts 32 --repeats 3 --threads 1]
 """
 
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="gist fine-tuning steps (adds <GIST>, records k)")
     parser.add_argument("--work", default="/tmp/gist_t5_bench")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="gist_t5_savings", help="results name: bench/results/<out>.json and <out>.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data, work = Path(args.data), Path(args.work)
@@ -78,11 +79,11 @@ def main() -> None:
     table = report.table()
     print(table)
     print(f"max |logits cached - uncached| (batch 8, first token): {max_diff:.2e}")
-    save_result("gist_t5_savings", {"config": {**T5_SMALL, "vocab_size": model.config.vocab_size, "k": k,
-                                               "prompts": len(examples), "new_tokens": args.new_tokens,
-                                               "repeats": args.repeats, "threads": args.threads},
-                                    "max_abs_logit_diff_batch8": max_diff, **report.to_dict()})
-    (RESULTS_DIR / "gist_t5_savings.md").write_text(
+    save_result(args.out, {"config": {**T5_SMALL, "vocab_size": model.config.vocab_size, "k": k,
+                                      "prompts": len(examples), "new_tokens": args.new_tokens,
+                                      "repeats": args.repeats, "threads": args.threads},
+                           "max_abs_logit_diff_batch8": max_diff, **report.to_dict()})
+    (RESULTS_DIR / f"{args.out}.md").write_text(
         table + f"\n\nmax |logits cached - uncached| (batch 8, first token): {max_diff:.2e}\n")
 
 
