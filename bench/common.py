@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -61,10 +62,11 @@ def machine_info() -> dict:
 
 
 def save_result(name: str, payload: dict) -> Path:
-    """Write bench/results/<name>.json with the machine info under "machine"."""
+    """Write bench/results/<name>.json with the running script's name under "benchmark" (report.py picks the table
+    by it, so a run saved under another name with --out formats the same) and the machine info under "machine"."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    payload = {"benchmark": name, "machine": machine_info(), **payload}
+    payload = {"benchmark": Path(sys.argv[0]).stem, "machine": machine_info(), **payload}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path.relative_to(REPO_ROOT)}")
     return path

@@ -10,7 +10,7 @@ the `long` split's prompts (50+ tokens) at batch 1 and 8: stored bytes, analytic
 forward, time to first token and per generated token (median of `--repeats`). Runs whose checkpoint exists in
 `--work` are reused. Quality per condition and k is bench/gist_world.py's.
 
-Writes bench/results/gist_savings.json and gist_savings.md.
+Writes bench/results/<out>.json and <out>.md (--out, default gist_savings).
 Run:  .venv/bin/python bench/gist_savings.py [--work /tmp/gist_savings --threads 1]
 """
 
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="gist_savings", help="results name: bench/results/<out>.json and <out>.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -72,10 +73,10 @@ def main() -> None:
     report = measure_savings(model, tokenizer, examples, batch_sizes=(1, 8), new_tokens=args.new_tokens,
                              repeats=args.repeats, name="gist-k1 (instruction world, long split)")
     print(report.table())
-    (RESULTS_DIR / "gist_savings.md").write_text(report.table() + "\n", encoding="utf-8")
-    save_result("gist_savings", {"settings": {**vars(args), "world": WORLD, "model": MODEL, "base": BASE,
-                                              "finetune": FINETUNE},
-                                 "savings": report.to_dict()})
+    (RESULTS_DIR / f"{args.out}.md").write_text(report.table() + "\n", encoding="utf-8")
+    save_result(args.out, {"settings": {**vars(args), "world": WORLD, "model": MODEL, "base": BASE,
+                                        "finetune": FINETUNE},
+                           "savings": report.to_dict()})
 
 
 if __name__ == "__main__":

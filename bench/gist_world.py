@@ -12,7 +12,7 @@ ground-truth task(s) (ground_truth.json).
 
 Runs whose final checkpoint and evaluation exist in --work are reused, so several processes can share the work
 (`--runs gist:1 gist:2 ...`) and a last plain invocation collects everything.
-Writes bench/results/gist_world.json, gist_world.md and gist_world.png (quality vs compression).
+Writes bench/results/<out>.json, <out>.md and <out>.png (quality vs compression; --out, default gist_world).
 Run:  OMP_NUM_THREADS=1 .venv/bin/python bench/gist_world.py [--base-steps 1500 --steps 600 --work /tmp/gist_world]
 """
 
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=100, help="examples per evaluation split")
     parser.add_argument("--work", default="/tmp/gist_world", help="world files and training runs")
     parser.add_argument("--runs", nargs="*", default=None, help="subset, e.g. gist:1 neg_control:1")
+    parser.add_argument("--out", default="gist_world", help="results name: bench/results/<out>.json, .md and .png")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(args.work)
@@ -169,13 +170,13 @@ def main() -> None:
     tokens = sum(len(encode_instruction(tokenizer, e.instruction, 0)) for e in seen) / len(seen)
     table = markdown(results, tokens)
     print(table)
-    (RESULTS_DIR / "gist_world.md").write_text(table + "\n")
+    (RESULTS_DIR / f"{args.out}.md").write_text(table + "\n")
     evaluations = [GistEvaluation(f"{r['condition']}-k{r['k']}", r["condition"], r["k"],
                                   {s: SplitScores(s, args.n_eval, r["rouge_l"][s], r["exact_match"][s]) for s in SPLITS})
                    for r in results]
-    quality_vs_compression_png(evaluations, tokens, RESULTS_DIR / "gist_world.png", "seen")
-    save_result("gist_world", {"settings": settings, "results": results, "mean_instruction_tokens": tokens,
-                               "cpu_seconds": sum(r["cpu_seconds"] for r in results)})
+    quality_vs_compression_png(evaluations, tokens, RESULTS_DIR / f"{args.out}.png", "seen")
+    save_result(args.out, {"settings": settings, "results": results, "mean_instruction_tokens": tokens,
+                           "cpu_seconds": sum(r["cpu_seconds"] for r in results)})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The README's worked example: train a small Transformer on the built-in copy task with our trainer, then run
-`backpack heads importance | ffn | prune | induction | eval` on it. Results (JSON + PNG) in bench/results/heads_example/.
+`backpack heads importance | ffn | prune | induction | eval` on it. Their outputs (JSON + PNG) go to the folder
+bench/results/<out>/, a summary to bench/results/<out>.json (--out, default heads_example).
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python bench/heads_example.py [--steps 250]
 """
@@ -20,13 +21,16 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--work", default="runs/heads_example")
+    p.add_argument("--out", default="heads_example", help="results name: bench/results/<out>.json and <out>/")
     args = p.parse_args(argv)
+    if not args.out or "/" in args.out:
+        p.error("--out is a name, not a path (its folder under bench/results is deleted first)")
     torch.set_num_threads(1)
     from backpacklm.cli.main import main as cli
     from backpacklm.worlds.icl_tasks import train_icl_model
 
     shutil.rmtree(args.work, ignore_errors=True)
-    out = RESULTS_DIR / "heads_example"
+    out = RESULTS_DIR / args.out
     shutil.rmtree(out, ignore_errors=True)
     timings = {}
     start = time.perf_counter()
@@ -56,7 +60,7 @@ def main(argv=None) -> None:
         "seconds": timings,
         "steps": args.steps,
     }
-    save_result("heads_example", summary)
+    save_result(args.out, summary)
 
 
 if __name__ == "__main__":

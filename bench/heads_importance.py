@@ -12,8 +12,9 @@ tokens of each marked as the answer.
 Time: the two alternate (`--rounds` rounds after a warm-up), medians reported per 1k tokens, so that load from other
 processes hits both alike. Memory: one fresh subprocess per (model, mode) with MALLOC_MMAP_THRESHOLD_=65536 (RSS then
 follows live memory); peak = VmHWM (reset after building the model) - RSS after building the model.
-`--memory-only` re-measures the memory of an existing results file. Pruning sweep: `head_pruning_curve` at 0..90 %
-on the built-in copy task (`--sweep-examples` examples, 2-shot, char ids) with the micro model; time per point.
+`--memory-only` re-measures the memory of an existing results file (bench/results/<out>.json). Pruning sweep:
+`head_pruning_curve` at 0..90 % on the built-in copy task (`--sweep-examples` examples, 2-shot, char ids) with the
+micro model; time per point.
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python bench/heads_importance.py [--batch 2 --block 256 --rounds 3]
 """
@@ -142,6 +143,7 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--sweep-examples", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="heads_importance", help="results name: bench/results/<out>.json")
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"))
     p.add_argument("--memory-only", action="store_true")
     args = p.parse_args(argv)
@@ -153,7 +155,7 @@ def main(argv=None) -> None:
     if args.memory_only:
         from common import RESULTS_DIR
 
-        results = json.loads((RESULTS_DIR / "heads_importance.json").read_text())
+        results = json.loads((RESULTS_DIR / f"{args.out}.json").read_text())
         results.pop("benchmark"), results.pop("machine")
         args.batch, args.block = results["settings"]["batch"], results["settings"]["block"]
     else:
@@ -177,7 +179,7 @@ def main(argv=None) -> None:
     s = results["pruning_sweep"]
     print(f"pruning sweep (micro, copy, {s['examples']} examples, {s['points']} points): {s['seconds']:.1f} s, "
           f"{s['seconds_per_point']:.2f} s/point")
-    save_result("heads_importance", results)
+    save_result(args.out, results)
 
 
 if __name__ == "__main__":

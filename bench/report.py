@@ -156,17 +156,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default=str(RESULTS_DIR))
     args = p.parse_args(argv)
-    order = list(FORMATTERS)  # the claims first, in this order; anything else after, by name
-    rank = lambda path: next((i for i, prefix in enumerate(order) if path.stem.startswith(prefix)), len(order))
-    files = sorted(Path(args.results).glob("*.json"), key=lambda path: (rank(path), path.stem))
-    if not files:
+    results = {path: json.loads(path.read_text()) for path in Path(args.results).glob("*.json")}
+    if not results:
         print(f"no results in {args.results}; run the bench scripts first")
         return
+    # "benchmark" names the script that wrote the file (the file name is its --out): the claims first, in this
+    # order; anything else after, by file name
+    names = {path: r.get("benchmark", path.stem) for path, r in results.items()}
+    order = list(FORMATTERS)
+    rank = lambda path: order.index(names[path]) if names[path] in order else len(order)
     summary, details = [], []
-    for path in files:
-        r = json.loads(path.read_text())
-        name = r.get("benchmark", path.stem)
-        formatter = next((f for prefix, f in FORMATTERS.items() if name.startswith(prefix)), generic)
+    for path in sorted(results, key=lambda path: (rank(path), path.stem)):
+        r, name = results[path], names[path]
+        formatter = FORMATTERS.get(name, generic)
         try:
             rows, detail = formatter(r)
         except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as e:  # a results file from an older script

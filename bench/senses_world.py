@@ -4,8 +4,8 @@ find what the world planted, and beat the Transformer baselines trained in the s
 Measured: per polysemous word, how many of each meaning's 4 continuation words are in its senses' top-10 tokens;
 debiasing (bias on test prompts and reduction of bias - 1 per method, Backpack vs Transformer); knowledge edits
 (p(b) > p(a) after "i bought the {w} from" for every product, mean p(a) and p(b) before/after); lexical similarity of
-world words (same-topic pairs vs cross-topic pairs); validation loss of both models. Writes
-bench/results/senses_world.json and prints the tables.
+world words (same-topic pairs vs cross-topic pairs); validation loss of both models. The world and the
+checkpoints live in a temporary folder, deleted at the end. Writes bench/results/<out>.json and prints the tables.
 """
 
 from __future__ import annotations
@@ -41,6 +41,24 @@ def world_pairs(truth: dict) -> WordPairs:
     return WordPairs("world nouns (same topic = 1)", pairs, scores)
 
 
+def train_models(args, root: Path):
+    """Generate the world under root and train a Backpack and a Transformer on it: (truth, models, tokenizer, final
+    validation losses, training seconds)."""
+    truth = generate_world(root / "world", args.seed, args.documents)
+    prepare_world(root / "world", root / "world" / "data")
+    sizes = dict(n_embd=args.n_embd, n_layer=args.n_layer, n_head=4, num_senses=args.num_senses, n_positions=64)
+    models, losses, seconds = {}, {}, {}
+    for arch in ("backpack", "transformer"):
+        start = time.time()
+        summary = train(TrainConfig(data=str(root / "world" / "data"), out=str(root / arch), arch=arch,
+                                    model_overrides=sizes, max_steps=args.steps, batch_size=32, block_size=32,
+                                    lr=5e-3, warmup_steps=30, eval_interval=10**6, eval_batches=10, progress=False,
+                                    threads=args.threads, seed=args.seed))
+        seconds[arch], losses[arch] = round(time.time() - start, 1), summary["val_loss"]
+        models[arch], tokenizer = load_model(root / arch)
+    return truth, models, tokenizer, losses, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=6000)
@@ -54,19 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    root = Path(tempfile.mkdtemp(prefix="senses_world_"))
-    truth = generate_world(root / "world", args.seed, args.documents)
-    prepare_world(root / "world", root / "world" / "data")
-    sizes = dict(n_embd=args.n_embd, n_layer=args.n_layer, n_head=4, num_senses=args.num_senses, n_positions=64)
-    models, losses, seconds = {}, {}, {}
-    for arch in ("backpack", "transformer"):
-        start = time.time()
-        summary = train(TrainConfig(data=str(root / "world" / "data"), out=str(root / arch), arch=arch,
-                                    model_overrides=sizes, max_steps=args.steps, batch_size=32, block_size=32,
-                                    lr=5e-3, warmup_steps=30, eval_interval=10**6, eval_batches=10, progress=False,
-                                    threads=args.threads, seed=args.seed))
-        seconds[arch], losses[arch] = round(time.time() - start, 1), summary["val_loss"]
-        models[arch], tokenizer = load_model(root / arch)
+    with tempfile.TemporaryDirectory(prefix="senses_world_") as root:  # world files and checkpoints, deleted after
+        truth, models, tokenizer, losses, seconds = train_models(args, Path(root))
 
     coverage = {}
     for word, meanings in truth["polysemous"].items():

@@ -4,8 +4,9 @@ seconds per sample.
 
 Part 1, the synthetic world: its 4 topic vocabularies (truth.json), prompts at document starts, MAUVE against
 held-out world documents with features from the Transformer. Models: trained here (`--documents/--steps/...`) or
-reused (`--world DIR --backpack DIR --transformer DIR`). Also reports the section-6 check per topic (strength 3 vs 0:
-in-vocab share ratio >= 3, perplexity ratio < 2).
+reused (`--world DIR --backpack DIR --transformer DIR`); a world and models trained here live in a temporary folder,
+deleted when the part ends. Also reports the section-6 check per topic (strength 3 vs 0: in-vocab share ratio >= 3,
+perplexity ratio < 2).
 Part 2, Shakespeare (when `--shakespeare-backpack/--shakespeare-transformer` exist): PPLM's military and religion
 lists from ../shared/data/pplm_bow. Writes bench/results/<out>.json and prints the tables.
 """
@@ -28,11 +29,11 @@ from backpacklm.senses.topic import load_topic, make_topic
 from backpacklm.worlds.senses import load_truth
 
 
-def train_world(args) -> tuple[Path, Path, Path]:
+def train_world(args, root: Path) -> tuple[Path, Path, Path]:
+    """Generate the world under root and train a Backpack and a Transformer on it: their three folders."""
     from backpacklm.train.loop import TrainConfig, train
     from backpacklm.worlds.senses import generate_world, prepare_world
 
-    root = Path(tempfile.mkdtemp(prefix="topic_control_"))
     generate_world(root / "world", args.seed, args.documents)
     prepare_world(root / "world", root / "world" / "data")
     sizes = dict(n_embd=args.n_embd, n_layer=args.n_layer, n_head=4, num_senses=args.num_senses, n_positions=128)
@@ -53,9 +54,12 @@ HEADER = ["method", "strength", "setting", "success", "in-vocab share", "perplex
 
 def world_part(args) -> dict:
     if args.world:
-        world, backpack_dir, transformer_dir = Path(args.world), Path(args.backpack), Path(args.transformer)
-    else:
-        world, backpack_dir, transformer_dir = train_world(args)
+        return world_report(args, Path(args.world), Path(args.backpack), Path(args.transformer))
+    with tempfile.TemporaryDirectory(prefix="topic_control_") as root:
+        return world_report(args, *train_world(args, Path(root)))
+
+
+def world_report(args, world: Path, backpack_dir: Path, transformer_dir: Path) -> dict:
     backpack, tokenizer = load_model(backpack_dir)
     transformer, _ = load_model(transformer_dir)
     truth = load_truth(world)

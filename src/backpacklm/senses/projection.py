@@ -73,8 +73,10 @@ def sense_projections(model, tokenizer, words: list[str], top: int = 10, how: st
 
 
 def visible(token: str) -> str:
-    """A token printable on one line: spaces as the open-box sign, newlines and tabs escaped."""
-    return token.replace(" ", "\u2423").replace("\n", "\\n").replace("\t", "\\t") or "''"
+    """A token printable on one line: spaces as the open-box sign, every other non-printable character
+    (str.isprintable) escaped as in a Python literal (\\n, \\t, \\x0b, ...)."""
+    escape = lambda c: "\u2423" if c == " " else c if c.isprintable() else c.encode("unicode_escape").decode()
+    return "".join(map(escape, token)) or "''"
 
 
 def format_projection(projection: SenseProjection, top: int = 6) -> str:
