@@ -168,3 +168,15 @@ def test_bad_token_ids_and_lengths_are_clear_errors():
         BackpackConfig.from_preset("tiny", n_embd=30)
     with pytest.raises(BackpackError, match="unknown preset"):
         BackpackConfig.from_preset("huge")
+
+
+def test_finite_weight_check_names_the_weight_and_skips_offloaded_ones():
+    from backpacklm.model.loading import check_finite
+
+    model = small_model()
+    check_finite(model, "m")
+    check_finite(torch.nn.Linear(3, 3, device="meta"), "m")  # device_map offload: no values to check
+    with torch.no_grad():
+        model.sense_network.final_mlp.c_proj.weight[0, 0] = float("inf")
+    with pytest.raises(BackpackError, match="NaN or infinite weights \\(sense_network.final_mlp.c_proj.weight\\)"):
+        check_finite(model, "m")

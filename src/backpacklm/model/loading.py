@@ -66,11 +66,12 @@ def check_device(device: str) -> str:
 
 
 def check_finite(model, where: Path) -> None:
-    """BackpackError naming the first weight that holds NaN or infinity (a corrupted or diverged checkpoint)."""
+    """BackpackError naming the first weight that holds NaN or infinity (a corrupted or diverged checkpoint).
+    Weights accelerate left on the meta device (offloaded with device_map) hold no values here and are skipped."""
     import torch
 
     for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and not tensor.is_meta and not torch.isfinite(tensor).all():
             raise BackpackError(f"checkpoint in {where} has NaN or infinite weights ({name}); it is corrupted or "
                                 "its training diverged")
 
