@@ -68,7 +68,7 @@ def save_result(name: str, payload: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     payload = {"benchmark": Path(sys.argv[0]).stem, "machine": machine_info(), **payload}
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {path.relative_to(REPO_ROOT)}")
+    print(f"wrote {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
     return path
 
 

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from common import print_table, save_result
 
-from backpacklm.model.loading import load_model
 from backpacklm.senses.debias import debias
 from backpacklm.senses.edit import SenseEdit, measure_edit
 from backpacklm.senses.lexsim import WordPairs, lexical_similarity
 from backpacklm.senses.projection import sense_projection
-from backpacklm.train.loop import TrainConfig, train
-from backpacklm.worlds.senses import generate_world, prepare_world
+from backpacklm.worlds.sense_models import train_world_models
 
 
 def world_pairs(truth: dict) -> WordPairs:
@@ -44,19 +41,14 @@ def world_pairs(truth: dict) -> WordPairs:
 def train_models(args, root: Path):
     """Generate the world under root and train a Backpack and a Transformer on it: (truth, models, tokenizer, final
     validation losses, training seconds)."""
-    truth = generate_world(root / "world", args.seed, args.documents)
-    prepare_world(root / "world", root / "world" / "data")
     sizes = dict(n_embd=args.n_embd, n_layer=args.n_layer, n_head=4, num_senses=args.num_senses, n_positions=64)
-    models, losses, seconds = {}, {}, {}
-    for arch in ("backpack", "transformer"):
-        start = time.time()
-        summary = train(TrainConfig(data=str(root / "world" / "data"), out=str(root / arch), arch=arch,
-                                    model_overrides=sizes, max_steps=args.steps, batch_size=32, block_size=32,
-                                    lr=5e-3, warmup_steps=30, eval_interval=10**6, eval_batches=10, progress=False,
-                                    threads=args.threads, seed=args.seed))
-        seconds[arch], losses[arch] = round(time.time() - start, 1), summary["val_loss"]
-        models[arch], tokenizer = load_model(root / arch)
-    return truth, models, tokenizer, losses, seconds
+    runs = train_world_models(root, sizes, documents=args.documents, seed=args.seed, max_steps=args.steps,
+                              batch_size=32, block_size=32, lr=5e-3, warmup_steps=30, eval_batches=10,
+                              threads=args.threads)
+    backpack, transformer, tokenizer = runs.load()
+    losses = {arch: s["val_loss"] for arch, s in runs.summaries.items()}
+    seconds = {arch: round(s["train_seconds"], 1) for arch, s in runs.summaries.items()}
+    return runs.truth, {"backpack": backpack, "transformer": transformer}, tokenizer, losses, seconds
 
 
 def main() -> None:

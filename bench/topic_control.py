@@ -26,22 +26,17 @@ from backpacklm.model.loading import load_model
 from backpacklm.senses.pplm import PPLMSettings
 from backpacklm.senses.steering import SamplingSettings, evaluate_steering
 from backpacklm.senses.topic import load_topic, make_topic
+from backpacklm.worlds.sense_models import train_world_models
 from backpacklm.worlds.senses import load_truth
 
 
 def train_world(args, root: Path) -> tuple[Path, Path, Path]:
     """Generate the world under root and train a Backpack and a Transformer on it: their three folders."""
-    from backpacklm.train.loop import TrainConfig, train
-    from backpacklm.worlds.senses import generate_world, prepare_world
-
-    generate_world(root / "world", args.seed, args.documents)
-    prepare_world(root / "world", root / "world" / "data")
     sizes = dict(n_embd=args.n_embd, n_layer=args.n_layer, n_head=4, num_senses=args.num_senses, n_positions=128)
-    for arch in ("backpack", "transformer"):
-        train(TrainConfig(data=str(root / "world" / "data"), out=str(root / arch), preset="tiny", arch=arch,
-                          model_overrides=sizes, max_steps=args.steps, batch_size=16, block_size=64, lr=3e-3,
-                          warmup_steps=30, eval_interval=10**6, eval_batches=2, threads=args.threads, seed=args.seed))
-    return root / "world", root / "backpack", root / "transformer"
+    runs = train_world_models(root, sizes, documents=args.documents, seed=args.seed, max_steps=args.steps,
+                              batch_size=16, block_size=64, lr=3e-3, warmup_steps=30, threads=args.threads,
+                              progress=True)
+    return runs.corpus_dir, runs.backpack_dir, runs.transformer_dir
 
 
 def summary_rows(report) -> list[list]:
@@ -56,10 +51,10 @@ def world_part(args) -> dict:
     if args.world:
         return world_report(args, Path(args.world), Path(args.backpack), Path(args.transformer))
     with tempfile.TemporaryDirectory(prefix="topic_control_") as root:
-        return world_report(args, *train_world(args, Path(root)))
+        return world_report(args, *train_world(args, Path(root)), trained_here=True)
 
 
-def world_report(args, world: Path, backpack_dir: Path, transformer_dir: Path) -> dict:
+def world_report(args, world: Path, backpack_dir: Path, transformer_dir: Path, trained_here: bool = False) -> dict:
     backpack, tokenizer = load_model(backpack_dir)
     transformer, _ = load_model(transformer_dir)
     truth = load_truth(world)
@@ -90,7 +85,10 @@ def world_report(args, world: Path, backpack_dir: Path, transformer_dir: Path) -
     print_table(["method/topic", "in-vocab 0", "in-vocab 3", "ratio (>= 3)", "ppl ratio (< 2)", "passes"],
                 [[k, v["in_vocab_0"], v["in_vocab_3"], v["ratio"], v["perplexity_ratio"], str(v["passes"])]
                  for k, v in checks.items()])
-    return {"models": {"backpack": str(backpack_dir), "transformer": str(transformer_dir),
+    where = {"backpack": "trained in this run (--documents/--steps/...), folder deleted",
+             "transformer": "trained in this run, folder deleted"} if trained_here else \
+        {"backpack": str(backpack_dir), "transformer": str(transformer_dir)}
+    return {"models": {**where,
                        "backpack_config": {k: getattr(backpack.config, k) for k in ("n_embd", "n_layer", "num_senses", "vocab_size")}},
             "seconds": time.perf_counter() - started, "report": report.to_dict(), "check": checks}
 

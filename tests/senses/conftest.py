@@ -25,35 +25,15 @@ class WorldModels:
     transformer_dir: Path
 
 
-def train_world_models(root: Path, documents: int = WORLD_DOCUMENTS, seed: int = 0) -> WorldModels:
-    from backpacklm.model.loading import load_model
-    from backpacklm.train.loop import TrainConfig, train
-    from backpacklm.worlds.senses import generate_world, load_truth, prepare_world
-
-    corpus_dir = root / "world"
-    if not (corpus_dir / "data" / "meta.json").is_file():
-        generate_world(corpus_dir, seed=seed, n_documents=documents)
-        prepare_world(corpus_dir, corpus_dir / "data")
-    truth = load_truth(corpus_dir)
-    models = {}
-    for arch in ("backpack", "transformer"):
-        if (root / arch / "latest.json").is_file():  # a kept root (BACKPACKLM_TEST_WORLD): trained already
-            models[arch], tokenizer = load_model(root / arch)
-            continue
-        cfg = TrainConfig(data=str(corpus_dir / "data"), out=str(root / arch), preset="tiny", arch=arch,
-                          model_overrides=MODEL, eval_interval=10**6, eval_batches=2, threads=1, progress=False,
-                          seed=seed, **TRAIN)
-        train(cfg)
-        models[arch], tokenizer = load_model(root / arch)
-    return WorldModels(models["backpack"].float(), models["transformer"].float(), tokenizer, truth, corpus_dir,
-                       root / "backpack", root / "transformer")
-
-
 @pytest.fixture(scope="session")
 def world_models(tmp_path_factory) -> WorldModels:
     """Trained in a fresh temporary folder; set BACKPACKLM_TEST_WORLD=DIR to keep the models in DIR and reuse them
     in later sessions (for development: delete DIR after changing the world or the sizes above)."""
+    from backpacklm.worlds.sense_models import train_world_models
+
     kept = os.environ.get("BACKPACKLM_TEST_WORLD")
     root = Path(kept) if kept else tmp_path_factory.mktemp("sense_world")
-    root.mkdir(parents=True, exist_ok=True)
-    return train_world_models(root)
+    runs = train_world_models(root, MODEL, documents=WORLD_DOCUMENTS, seed=0, **TRAIN)
+    backpack, transformer, tokenizer = runs.load()
+    return WorldModels(backpack, transformer, tokenizer, runs.truth, runs.corpus_dir, runs.backpack_dir,
+                       runs.transformer_dir)
