@@ -120,7 +120,9 @@ def train_memory(r):
                 f"step peak ours {ours['step_peak_mib']:.0f} MiB vs naive {naive['step_peak_mib']:.0f} MiB "
                 f"({r['naive_over_ours_peak']:.2f}x); step {sum(ours['step_times_s']) / len(ours['step_times_s']):.1f} s "
                 f"vs {sum(naive['step_times_s']) / len(naive['step_times_s']):.1f} s "
-                f"({r['naive_over_ours_step_time']:.2f}x)", "(no target)", "-"]]
+                f"({r['naive_over_ours_step_time']:.2f}x)"
+                + (f"; ours returning the full logits {res['ours_full_logits']['step_peak_mib']:.0f} MiB"
+                   if "ours_full_logits" in res else ""), "(no target)", "-"]]
     detail = table(["model", "RSS after model + AdamW state, MiB", "step peak above that, MiB", "peak vs ours",
                     "step s (alternating process)", "step s (memory process)"], rows)
     detail += f"\n\n{r['method']}; data: {ours['data_source']}; {machine_line(r)}"

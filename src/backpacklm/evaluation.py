@@ -11,6 +11,14 @@ from .data.dataset import iter_eval_windows
 from .errors import BackpackError
 
 
+def loss_only(model) -> dict:
+    """Forward kwargs for a call that needs only the loss: a Backpack then skips the [batch, pos, V] logits
+    (model/tied_loss.py); other models take no extra kwargs."""
+    from .model.modeling_backpack import BackpackForCausalLM
+
+    return {"return_logits": False} if isinstance(model, BackpackForCausalLM) else {}
+
+
 @torch.no_grad()
 def mean_loss(model, tokens: np.ndarray, block_size: int, batch_size: int = 8, max_batches: int | None = None,
               device: str | torch.device = "cpu") -> float:
@@ -21,7 +29,7 @@ def mean_loss(model, tokens: np.ndarray, block_size: int, batch_size: int = 8, m
     for batch in iter_eval_windows(tokens, block_size, batch_size, max_batches):
         batch = batch.to(device)
         n = batch.shape[0] * (batch.shape[1] - 1)
-        total += model(input_ids=batch, labels=batch, use_cache=False).loss.item() * n
+        total += model(input_ids=batch, labels=batch, use_cache=False, **loss_only(model)).loss.item() * n
         count += n
     model.train(was_training)
     if count == 0:

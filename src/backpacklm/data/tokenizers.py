@@ -131,9 +131,14 @@ def _load_byte_level_bpe(vocab_file: Path, merges_file: Path) -> PreTrainedToken
     return GPT2TokenizerFast(vocab=vocab, merges=merges)
 
 
+def _backend(tokenizer) -> Tokenizer | None:
+    """The `tokenizers` object behind a fast tokenizer (None for a tokenizer without one)."""
+    return getattr(tokenizer, "backend_tokenizer", None)
+
+
 def is_char_tokenizer(tokenizer: PreTrainedTokenizerFast) -> bool:
     """True for tokenizers made by `build_char_tokenizer` (and saved/loaded copies of them)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)  # None: a tokenizer without a `tokenizers` backend
+    backend = _backend(tokenizer)
     return backend is not None and isinstance(backend.pre_tokenizer, pre_tokenizers.FixedLength)
 
 
@@ -143,7 +148,7 @@ def tokenizer_difference(a: PreTrainedTokenizerFast, b: PreTrainedTokenizerFast,
     first difference at id 2: 'a' vs '.'". Ids and token strings only, so a saved and loaded copy compares equal.
     `b_may_extend`: `b` may hold tokens `a` lacks (e.g. a model's added <GIST>), as long as every id of `a` means the
     same token in `b`."""
-    kinds = [type(t.backend_tokenizer.model).__name__ for t in (a, b) if getattr(t, "backend_tokenizer", None)]
+    kinds = [type(_backend(t).model).__name__ for t in (a, b) if _backend(t) is not None]
     parts = [f"{kinds[0]} vs {kinds[1]} tokenizer"] if len(kinds) == 2 and kinds[0] != kinds[1] else []
     vocab_a, vocab_b = a.get_vocab(), b.get_vocab()
     extends = b_may_extend and all(vocab_b.get(token) == i for token, i in vocab_a.items())
@@ -173,7 +178,7 @@ def _unknown_error(chars: str) -> BackpackError:
 
 def unknown_words(tokenizer: PreTrainedTokenizerFast, text: str) -> list[str]:
     """The distinct pieces of `text` a word-level tokenizer reads as its unknown token ([] for other tokenizers)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = _backend(tokenizer)
     if backend is None or not isinstance(backend.model, models.WordLevel) or is_char_tokenizer(tokenizer):
         return []
     unk = backend.model.unk_token

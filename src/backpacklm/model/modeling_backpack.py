@@ -36,12 +36,13 @@ from transformers.utils import ModelOutput
 from ..errors import BackpackError
 from .config import BackpackConfig
 from .sense_network import SenseMLP, SenseNetwork
+from .tied_loss import tied_cross_entropy
 
 
 @dataclass
 class BackpackOutput(ModelOutput):
     """loss: mean next-token cross-entropy (nats) when labels are given.
-    logits: [batch, pos, vocab].
+    logits: [batch, pos, vocab] (None with return_logits=False).
     cache: the cache (trunk layers + the sense layer), when use_cache.
     senses: [batch, pos, sense, d_model] sense vectors C(x_j) of the input tokens (after overrides), on request.
     contextualization: [batch, sense, query_pos, key_pos] alpha (after multipliers), on request.
@@ -163,10 +164,12 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
         output_senses: bool = False,
         output_contextualization: bool = False,
         logits_to_keep: int = 0,
+        return_logits: bool = True,
         **kwargs,
     ) -> BackpackOutput:
         """input_ids [batch, pos]; attention_mask [batch, past+pos] (1 keep, 0 pad) or additive float
-        [batch, 1, pos, past+pos]; labels [batch, pos] (shifted inside; -100 ignored)."""
+        [batch, 1, pos, past+pos]; labels [batch, pos] (shifted inside; -100 ignored). return_logits=False (with
+        labels): loss only, computed chunk-wise without the [batch, pos, V] logits (model/tied_loss.py); logits None."""
         if "past_key_values" in kwargs:  # the cache's name before transformers 5.24; dropping it would decode blind
             if cache is not None:
                 raise BackpackError("give the cache as `cache` or `past_key_values`, not both")
@@ -224,15 +227,20 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
             )  # [batch, k, q, d]
         outputs = mixed.sum(dim=1)  # [batch, q, d]
 
-        if logits_to_keep:
-            outputs = outputs[:, -logits_to_keep:]
-        logits = outputs @ self.transformer.wte.weight.T  # [batch, q, V]
-
-        loss = None
+        if not return_logits and labels is None:
+            raise BackpackError("return_logits=False needs labels: the loss is all it returns")
+        logits = loss = None
         if labels is not None:
             # predict token t+1 at position t: shift the labels (not the logits, which would copy [batch, pos, V])
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100).flatten()
+            if not return_logits:
+                loss = tied_cross_entropy(outputs.flatten(0, 1), self.transformer.wte.weight, targets)
+        if return_logits:
+            if logits_to_keep:
+                outputs = outputs[:, -logits_to_keep:]
+            logits = outputs @ self.transformer.wte.weight.T  # [batch, q, V]
+            if labels is not None:
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100)
         return BackpackOutput(
             loss=loss,
             logits=logits,

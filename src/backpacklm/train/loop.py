@@ -27,7 +27,7 @@ from ..atomic import check_output_dir, write_json_atomic
 from ..checks import check_fields
 from ..data.dataset import TokenData, sample_batch
 from ..errors import BackpackError
-from ..evaluation import mean_loss
+from ..evaluation import loss_only, mean_loss
 from ..model.config import PRESETS, BackpackConfig
 from ..model.loading import check_device, load_model, max_positions
 from ..model.transformer import build_model
@@ -283,6 +283,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             )
         distributed.barrier(env)
 
+    loss_kwargs = loss_only(model)  # a Backpack's loss without its [batch, pos, V] logits
     start_time, window_start, window_tokens = time.time(), time.time(), 0
     last_val = state.get("val_loss")
     bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (cfg.progress and env.is_main),
@@ -299,7 +300,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                 batch = {k: v[env.rank * per_rank:(env.rank + 1) * per_rank].to(device) for k, v in batch.items()}
                 sync = contextlib.nullcontext() if (not env.enabled or micro == cfg.grad_accum - 1) else train_model.no_sync()
                 with sync, autocast():
-                    loss = train_model(**batch, use_cache=False).loss / cfg.grad_accum
+                    loss = train_model(**batch, use_cache=False, **loss_kwargs).loss / cfg.grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.item()
             step_loss = distributed.mean_across(env, step_loss)
