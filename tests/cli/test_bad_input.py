@@ -48,6 +48,9 @@ def paths(tmp_path_factory):
     (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (root / "corpus.txt").write_text(TEXT)
     (root / "unknown_pairs.txt").write_text("zebra\tyak\t3\nokapi\tgnu\t5\n")
+    (root / "royal.txt").write_text("king\ncrown\n")
+    (root / "raising_scorer.py").write_text("def judge(text):\n    raise ValueError('boom')\n")
+    (root / "broken_scorer.py").write_text("raise RuntimeError('broken at import')\n")
     # prepared data: with the char models' tokenizer (TEXT's characters), and with another whose 6 ids fit them too
     for name, text in (("story", TEXT * 20), ("abc", "a cab\n" * 60)):
         (root / f"{name}.txt").write_text(text)
@@ -178,6 +181,12 @@ RUNTIME = [
     ("eval --model {char} --data {abc_data}", "abc_data was prepared with a different tokenizer than"),
     ("eval --model {word} --data {story_data}", "(data vs model: vocabulary 22 vs"),
     ("heads induction --model {char} --data {abc_data} --out {root}/induction", "different tokenizer"),
+    ("heads importance --model {char} --builtin pairs --out {root}/pairs", "task pairs: 2 character(s) not in"),
+    ("steer --model {word} --topic {royal} --strength 0 --prompt the --samples 1 --length 2 "
+     "--scorer {raising_scorer}:judge --out {root}/steer1 --no-progress", "failed on a generation: ValueError: boom"),
+    ("steer --model {word} --topic {royal} --strength 0 --prompt the --samples 1 --length 2 "
+     "--scorer {broken_scorer}:judge --out {root}/steer2", "RuntimeError: broken at import"),
+    ("edit --model {word} --word king --from crown --to sea", "the default prompt 'The king' does not fit"),
 ]
 
 
@@ -203,6 +212,34 @@ def test_failed_command_leaves_no_new_folder(paths, capsys, tmp_path):
     assert "unknown built-in task" in cli_error(capsys, "heads", "importance", "--model", paths / "char", "--out",
                                                  out, "--builtin", "bogus")
     assert not (tmp_path / "new").exists()
+
+
+def test_checks_come_before_the_work(paths, capsys, tmp_path):
+    """A sense index out of range stops `senses` before it prints any projection; a world too small to hold every
+    planted word stops `world senses` before it writes anything."""
+    line = cli_error(capsys, "senses", "--model", paths / "char", "--token", "k", "--neighbours", "3", "--sense", "9")
+    assert "sense index 9 is out of range: the model has senses 0..1" in line
+    assert capsys.readouterr().out == ""
+    line = cli_error(capsys, "world", "senses", "--out", tmp_path / "small_world", "--documents", "20", "--prepare")
+    assert "a world of 20 documents leaves out" in line and not (tmp_path / "small_world").exists()
+
+
+def test_skipped_topic_words_are_listed(paths, capsys, tmp_path):
+    (tmp_path / "mixed.txt").write_text("king\nzebra\n")
+    code = main(["steer", "--model", str(paths / "word"), "--topic", str(tmp_path / "mixed.txt"), "--strength", "0",
+                 "--prompt", "the", "--samples", "1", "--length", "2", "--no-progress", "--out", str(tmp_path / "s")])
+    line = "topic mixed: 1 of 2 words skipped (the tokenizer cannot encode them): zebra"
+    assert code == 0 and line in capsys.readouterr().out and line in (tmp_path / "s" / "steer.md").read_text()
+
+
+def test_interactive_edit_needs_no_prompt(paths, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("the king\n"))
+    code = main(["edit", "--model", str(paths / "word"), "--word", "king", "--from", "crown", "--to", "sea",
+                 "--interactive", "--max-new-tokens", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "[original] the king" in out and "[edited] the king" in out, out
 
 
 def test_data_from_another_tokenizer_is_refused_before_any_work(paths, capsys, tmp_path):

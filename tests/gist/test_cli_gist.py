@@ -85,6 +85,16 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     code, out, err = run_cli(capsys, "gist", "train", "--data", missing, "--out", tmp_path / "r", *TINY)
     assert code == 2 and err.count("\n") == 1 and "record 0 has no string field 'output'" in err
 
+    long = tmp_path / "long.json"  # one example longer than the 96 positions: an error, or left out with --skip-long
+    long.write_text(json.dumps(RECORDS + [{"instruction": "sort the letters", "input": " ".join("cab" * 40),
+                                           "output": "a b c"}]))
+    code, out, err = run_cli(capsys, "gist", "train", "--data", long, "--val-data", data, "--out", tmp_path / "l",
+                             "--max-steps", "2", *TINY)
+    assert code == 2 and err.count("\n") == 1 and "1 example(s) have more tokens than the model's 96 positions" in err
+    code, out, err = run_cli(capsys, "gist", "train", "--data", long, "--val-data", data, "--out", tmp_path / "l",
+                             "--max-steps", "2", "--skip-long", *TINY)
+    assert code == 0 and "left out 1 of 9 training and 0 of 8 validation examples longer than 96 tokens" in out, err
+
     check_compress_and_generate_reject_bad_prompts(capsys, model_dir, tmp_path)
     code, out, err = run_cli(capsys, "gist", "generate", "--model", model_dir, "--compressed", data, "--input", "a b")
     assert code == 2 and err.count("\n") == 1 and "not a readable compressed-prompt file" in err

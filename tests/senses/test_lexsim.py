@@ -81,6 +81,14 @@ def test_planted_vectors_give_spearman_one():
     assert "| planted | 12/13 | 100.0 |" in markdown_table([result])
 
 
+def test_too_few_covered_pairs_give_no_correlation():
+    gold, vectors = planted(n=9)  # 9 covered pairs: below MIN_PAIRS
+    result = lexical_similarity(None, None, gold, vectors=vectors)
+    assert result.n_covered == 9 and result.spearman == {}
+    assert "| planted | 9/10 |" in markdown_table([result, lexical_similarity(None, None, planted()[0],
+                                                                                vectors=planted()[1])])
+
+
 def test_cli_malformed_similarity_file_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "bad.txt"
     bad.write_text("a\tb\t1\nc\td\n")

@@ -65,6 +65,34 @@ def test_resume_is_bitwise_exact(tmp_path, data_dir, capsys):
     assert code == 2 and "already holds a run" in err and len(err.strip().splitlines()) == 1
 
 
+def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path, data_dir, capsys):
+    """A scheduler's SIGTERM: the step in flight finishes, a checkpoint is written, the exit status says so (128 + 15),
+    and --resume continues to the same weights as a run that was never stopped."""
+    import signal
+    import time
+
+    args = [str(a) for a in train_args(data_dir, tmp_path / "stopped", "--max-steps", "100000", "--log-interval", "1")]
+    proc = subprocess.Popen([sys.executable, "-m", "backpacklm", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = tmp_path / "stopped" / "metrics.jsonl", time.time() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    step = summary["step"]
+    assert summary["stopped_by"] == "SIGTERM" and 3 <= step < 100000
+    assert f"stopped by SIGTERM at step {step} of 100000; continue with --resume" in out
+    assert json.loads((tmp_path / "stopped" / "latest.json").read_text())["step"] == step
+    resume = train_args(data_dir, tmp_path / "stopped", "--resume", "--stop-after", str(step + 3))
+    assert run_cli(capsys, *resume)[0] == 0
+    straight = train_args(data_dir, tmp_path / "straight", "--max-steps", "100000", "--stop-after", str(step + 3))
+    assert run_cli(capsys, *straight)[0] == 0
+    resumed, never_stopped = weights(tmp_path / "stopped"), weights(tmp_path / "straight")
+    assert all(torch.equal(resumed[k], never_stopped[k]) for k in never_stopped)
+
+
 def test_resume_errors(tmp_path, data_dir, capsys):
     code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path / "nothing", "--resume"))
     assert code == 2 and "no checkpoint to resume" in err

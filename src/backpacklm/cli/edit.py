@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("--from", dest="source", help="what w predicts now (a)")
     p.add_argument("--to", dest="target", help="what w should predict (b)")
     p.add_argument("--edits", type=Path, default=None, metavar="FILE", help="apply the edits of this file instead")
-    p.add_argument("--prompt", action="append", default=[], help="prompt mentioning w to measure on (repeatable)")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="prompt mentioning w to measure on (repeatable; default 'The w', none with --interactive)")
     p.add_argument("--unrelated", type=Path, default=None, metavar="FILE",
                    help="unrelated text whose perplexity change is reported")
     p.add_argument("--save", nargs="?", const="", default=None, metavar="FILE",
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
 def run(args) -> None:
     from ..atomic import check_output_dir, write_json_atomic
     from ..data.prepare import read_document
+    from ..data.tokenizers import check_encodable
     from ..errors import BackpackError
     from ..model.loading import load_model
     from ..sampling import sample_text
@@ -53,8 +55,15 @@ def run(args) -> None:
         print(f"saved {len(edits)} edit(s) to {path}")
     unrelated = read_document(args.unrelated) if args.unrelated else None
     reports = []
-    for edit in edits:
+    measured = edits if args.prompt or not args.interactive else []  # interactive alone: the typed prompts are it
+    for edit in measured:
         prompts = args.prompt or [f"The {edit.word}"]
+        if not args.prompt:
+            try:
+                check_encodable(tokenizer, prompts[0])
+            except BackpackError as err:
+                raise BackpackError(f"the default prompt {prompts[0]!r} does not fit this model ({err}); "
+                                    "give --prompt with a prompt that mentions the word") from None
         report = measure_edit(model, tokenizer, edit, prompts, unrelated)
         reports.append(report.to_dict())
         print(f"{edit.word}: {edit.source} -> {edit.target}  (p(b) > p(a) after {report.moved}/{len(prompts)} prompts)")

@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--max-batches", type=positive_int, default=None)
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -46,7 +47,7 @@ def run(args) -> None:
     if len(tokens) and int(tokens.max()) >= model.config.vocab_size:
         raise BackpackError(f"token id {int(tokens.max())} is out of range for the model's vocabulary")
     block = min(args.block_size or model.config.n_positions, len(tokens) - 1) if len(tokens) > 1 else 1
-    result = perplexity(model, tokens, block, args.batch_size, args.max_batches)
+    result = perplexity(model, tokens, block, args.batch_size, args.max_batches, progress=not args.no_progress)
     result["source"] = args.data or args.text
     print(f"loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f} "
           f"over {result['tokens']:,} tokens (block {result['block_size']})")

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", default=None, help="from scratch: tokenizer folder or 'gpt2' (default: characters)")
     p.add_argument("--gists", type=positive_int, default=1, help="k, gist tokens per instruction")
     p.add_argument("--condition", default="gist", choices=["gist", "pos_control", "neg_control"])
+    p.add_argument("--skip-long", action="store_true",
+                   help="leave out examples longer than the model's positions (default: stop with an error)")
     add_training_arguments(p, warmup_steps=50, eval_interval=100, eval_batches=10)
     p.set_defaults(func=run_train)
 
@@ -81,12 +83,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_bench)
 
 
-def run_train(args) -> None:
+def run_train(args) -> int:
     from ..gist.train import GistTrainConfig, train_gist
 
     cfg = GistTrainConfig(data=args.data, val_data=args.val_data, tokenizer=args.tokenizer, gists=args.gists,
-                          condition=args.condition, **training_kwargs(args))
-    report(train_gist(cfg))
+                          condition=args.condition, skip_long=args.skip_long, **training_kwargs(args))
+    return report(train_gist(cfg))
 
 
 def _load(model_dir):

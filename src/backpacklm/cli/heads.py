@@ -117,7 +117,7 @@ def _load(args):
 def _tasks(args, tokenizer) -> list[tuple[object, int]]:
     """[(task, k)] from --task / --builtin."""
     from ..errors import BackpackError
-    from ..heads.tasks import builtin_task, load_task
+    from ..heads.tasks import builtin_task, check_task_encodable, load_task
 
     if tokenizer is None:
         raise BackpackError("the model directory has no tokenizer to build task prompts with")
@@ -131,6 +131,8 @@ def _tasks(args, tokenizer) -> list[tuple[object, int]]:
                    DEFAULT_SHOTS.get(name, 0)) for name in args.builtin]
     if args.batch_size < 1:
         raise BackpackError(f"batch size must be >= 1, got {args.batch_size}")
+    for task, _ in tasks:
+        check_task_encodable(tokenizer, task)
     return tasks
 
 
@@ -285,6 +287,7 @@ def run_induction(args) -> None:
     import numpy as np
 
     from ..errors import BackpackError
+    from ..heads.adapters import adapter_for
     from ..heads.induction import capacity_retained, induction_scores
 
     lengths = _int_list(args.lengths)
@@ -302,14 +305,20 @@ def run_induction(args) -> None:
         counts = np.bincount(np.asarray(train), minlength=model.config.vocab_size)
     if args.sequences < 1:
         raise BackpackError(f"--sequences must be >= 1, got {args.sequences}")
+    importance = None
+    if args.importance:  # read before the probes run: a bad file fails first
+        from ..heads.importance import HeadImportance
+
+        importance = HeadImportance.load(args.importance).scores
+        shape = adapter_for(model).shape
+        if importance.shape != shape:
+            raise BackpackError(f"{args.importance}: importance of shape {list(importance.shape)}; the model has "
+                                f"{list(shape)} heads")
     scores = induction_scores(model, tokenizer, lengths=lengths, sequences_per_length=args.sequences,
                               repeats=args.repeats, seed=args.seed, token_counts=counts, exclude=args.exclude,
                               progress=not args.no_progress)
     out = Path(args.out)
-    if args.importance:
-        from ..heads.importance import HeadImportance
-
-        importance = HeadImportance.load(args.importance).scores
+    if importance is not None:
         scores.extra["capacity_retained"] = [capacity_retained(scores.prefix_matching, importance, head_percents,
                                                                "prefix_matching").to_dict()]
         if scores.copying is not None:

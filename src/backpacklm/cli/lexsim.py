@@ -22,7 +22,7 @@ def run(args) -> None:
     from ..data.tokenizers import load_tokenizer
     from ..errors import BackpackError
     from ..model.loading import load_model
-    from ..senses.lexsim import WordVectors, lexical_similarity, load_pairs, markdown_table
+    from ..senses.lexsim import MIN_PAIRS, WordVectors, lexical_similarity, load_pairs, markdown_table
 
     check_output_dir(args.out)
     golds = [load_pairs(path) for path in args.data]  # parse every file before the (slow) model load
@@ -34,7 +34,7 @@ def run(args) -> None:
     vectors = WordVectors(model, tokenizer, args.multi_token)
     results = [lexical_similarity(model, tokenizer, gold, vectors=vectors) for gold in golds]
     if not any(r.spearman for r in results):
-        raise BackpackError("no file has two word pairs this tokenizer can encode, so there is nothing to correlate "
+        raise BackpackError(f"no file has {MIN_PAIRS} word pairs this tokenizer can encode, so there is nothing to correlate "
                             f"(first words it cannot encode: {', '.join(results[0].skipped_words[:5])})")
     table = markdown_table(results)
     print(table)

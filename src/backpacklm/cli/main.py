@@ -42,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # our own bars report progress; keep stderr for errors
     hf_logging.set_verbosity_error()
     try:
-        args.func(args)
+        code = args.func(args) or 0  # a command may return a non-zero status (train: stopped by a signal)
     except BackpackError as err:
         print(f"backpack {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"backpack {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code
 
 
 if __name__ == "__main__":

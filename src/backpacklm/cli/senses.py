@@ -45,7 +45,8 @@ def run(args) -> None:
     from ..atomic import check_output_dir, check_output_file, write_json_atomic
     from ..errors import BackpackError
     from ..model.loading import load_model
-    from ..senses.projection import format_projection, projection_heatmap, sense_projections, visible
+    from ..senses.projection import (check_sense_index, format_projection, projection_heatmap, require_backpack,
+                                     sense_projections, visible)
     from ..senses.similarity import nearest_neighbours, sense_similarity
 
     words = _words(args)
@@ -58,6 +59,9 @@ def run(args) -> None:
     model, tokenizer = load_model(args.model)
     if tokenizer is None:
         raise BackpackError(f"{args.model} has no tokenizer")
+    require_backpack(model)
+    if args.neighbours:
+        check_sense_index(model, args.sense)  # before the projections are printed
     projections = sense_projections(model, tokenizer, words, args.top, args.multi_token)
     for projection in projections:
         print(format_projection(projection))

@@ -42,6 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--scorer", default=None, help="on-topic judge MODULE:FUNCTION or FILE.py:FUNCTION, text -> bool "
                                                   "(default: at least one topic word)")
     p.add_argument("--out", required=True, help="folder for steer.json, steer.md, steer.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
@@ -76,11 +77,18 @@ def load_scorer(spec: str):
         else:
             module = importlib.import_module(source)
         scorer = getattr(module, name)
-    except (ImportError, OSError, AttributeError, SyntaxError) as err:
-        raise BackpackError(f"cannot load scorer {spec!r}: {err}") from None
+    except Exception as err:  # the user's file runs here: any error in it is theirs to see, in one line
+        raise BackpackError(f"cannot load scorer {spec!r}: {type(err).__name__}: {err}") from None
     if not callable(scorer):
         raise BackpackError(f"scorer {spec!r} is not callable")
-    return scorer
+
+    def judge(text: str) -> bool:
+        try:
+            return bool(scorer(text))
+        except Exception as err:
+            raise BackpackError(f"scorer {spec!r} failed on a generation: {type(err).__name__}: {err}") from None
+
+    return judge
 
 
 def run(args) -> None:
@@ -109,6 +117,11 @@ def run(args) -> None:
         models["pplm"] = transformer
     prompts = (args.prompt or []) + (_read_lines(args.prompts, "prompts") if args.prompts else [])
     topics = [make_topic(tokenizer, words, model.config.vocab_size, name) for name, words in topic_words]
+    skipped = [f"topic {t.name}: {len(t.skipped)} of {len(t.words)} words skipped (the tokenizer "
+               f"cannot encode them): {', '.join(t.skipped[:20])}{' ...' if len(t.skipped) > 20 else ''}"
+               for t in topics if t.skipped]
+    for line in skipped:
+        print(line)
     reference = load_model(args.reference_model, device=args.device)[0] if args.reference_model else None
     mauve_model = load_model(args.mauve_model, device=args.device)[0] if args.mauve_model else None
     references = _read_lines(args.mauve_references, "MAUVE reference") if args.mauve_references else None
@@ -120,10 +133,11 @@ def run(args) -> None:
         PPLMSettings(iterations=args.iterations, window=args.window, kl_scale=args.kl_scale,
                      gm_scale=args.gm_scale, gamma=args.gamma),
         args.pplm_step_sizes, reference, load_scorer(args.scorer) if args.scorer else None, mauve_model, references,
+        progress=not args.no_progress,
     )
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "steer.json", report.to_dict())
-    table = report.markdown()
+    table = report.markdown() + "".join(f"\n\n{line}" for line in skipped)
     with replacing(out / "steer.md") as tmp:
         tmp.write_text(table + "\n", encoding="utf-8")
     with replacing(out / "steer.png") as tmp:

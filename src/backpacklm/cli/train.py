@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 
 from ..model.config import PRESETS
 from .help_format import DefaultsHelpFormatter
@@ -69,15 +70,21 @@ def training_kwargs(args) -> dict:
     )
 
 
-def run(args) -> None:
+def run(args) -> int:
     from ..train.loop import TrainConfig, train
 
     summary = train(TrainConfig(data=args.data, **training_kwargs(args)))
-    report(summary)
+    return report(summary)
 
 
-def report(summary: dict) -> None:
+def report(summary: dict) -> int:
+    """Print how the run ended; the exit status: 0, or 128 + the signal's number when a signal stopped it (the
+    checkpoint is written either way; --resume continues)."""
     if summary.get("checkpoint"):
         val = summary["val_loss"]
         print(f"trained to step {summary['step']}: val loss {val:.4f} nats/token "
               f"(unigram baseline {summary['unigram_val_loss']:.4f}); checkpoint {summary['checkpoint']}")
+    stopped_by = summary.get("stopped_by")
+    if stopped_by:
+        print(f"stopped by {stopped_by} at step {summary['step']} of {summary['max_steps']}; continue with --resume")
+    return 128 + signal.Signals[stopped_by].value if stopped_by in ("SIGINT", "SIGTERM") else 0

@@ -37,12 +37,14 @@ class GistTrainConfig(TrainConfig):
     gists: k, gist tokens per prompt.  condition: gist | pos_control | neg_control.
     val_data: validation JSON file (default: 5% of the training records, at least one, held out).
     tokenizer: for training from scratch: a tokenizer folder or "gpt2" (default: characters of the data).
+    skip_long: leave out examples longer than the model's positions (counted in the run's meta) instead of stopping.
     """
 
     gists: int = 1
     condition: str = "gist"
     val_data: str | None = None
     tokenizer: str | None = None
+    skip_long: bool = False
     warmup_steps: int = 50
     eval_interval: int = 100
     eval_batches: int = 10
@@ -72,7 +74,7 @@ class InstructionBatches:
         self.seq2seq = model_dir is not None and is_encoder_decoder_dir(model_dir)
         self.fresh_token = GIST_TOKEN not in self.tokenizer.get_vocab()
         self.gist_id = add_gist_token(self.tokenizer)
-        self.condition, self.num_gists = cfg.condition, cfg.gists
+        self.condition, self.num_gists, self.skip_long = cfg.condition, cfg.gists, cfg.skip_long
         self.pad_id = self.tokenizer.eos_token_id
         encode = t5_encode_example if self.seq2seq else encode_example
         self.train = [encode(self.tokenizer, e, cfg.gists) for e in train_examples]
@@ -90,12 +92,28 @@ class InstructionBatches:
         init_gist_rows(model, self.gist_id, fresh and self.fresh_token)
         positions = max_positions(model)
         if positions and not self.seq2seq:
-            longest = max(len(e.input_ids) for e in self.train + self.val)
-            if longest > positions:
-                raise BackpackError(f"an example has {longest} tokens, more than the model's {positions} positions")
+            self._fit(positions)
         model.config.gist_token_id = self.gist_id
         model.config.gist_condition = self.condition
         model.config.num_gists = self.num_gists
+
+    def _fit(self, positions: int) -> None:
+        """Stop at an example longer than `positions` tokens, or with skip_long leave such examples out."""
+        long = [e for e in self.train + self.val if len(e.input_ids) > positions]
+        if long and not self.skip_long:
+            raise BackpackError(f"{len(long)} example(s) have more tokens than the model's {positions} positions "
+                                f"(longest {max(len(e.input_ids) for e in long)}); --skip-long leaves them out")
+        if long:
+            n_train, n_val = len(self.train), len(self.val)
+            self.train = [e for e in self.train if len(e.input_ids) <= positions]
+            self.val = [e for e in self.val if len(e.input_ids) <= positions]
+            if not self.train or not self.val:
+                raise BackpackError(f"no {'training' if not self.train else 'validation'} example fits the model's "
+                                    f"{positions} positions")
+            print(f"left out {n_train - len(self.train)} of {n_train} training and {n_val - len(self.val)} of {n_val} "
+                  f"validation examples longer than {positions} tokens")
+            self.meta.update(n_train_examples=len(self.train), skipped_long=len(long),
+                             n_train_tokens=sum(len(e.input_ids) for e in self.train))
 
     def training_module(self, model):
         """What the loop calls with each batch: the model, or for T5 the model behind `T5GistLoss`."""

@@ -279,6 +279,19 @@ def few_shot_prompts(task: Task, k: int = 0, seed: int = 0) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------- encoding
 
+def check_task_encodable(tokenizer, task: Task) -> None:
+    """BackpackError naming the task if any of its texts (contexts, choices, answers, demonstrations, delimiters)
+    holds a character or word the tokenizer lacks: checked before any work, not halfway through a run."""
+    texts = [task.target_delimiter, task.fewshot_delimiter]
+    for ex in (*task.examples, *task.train):
+        texts += [ex.context, *(ex.choices or ()), ex.answer or ""]
+    for text in dict.fromkeys(texts):
+        try:
+            check_encodable(tokenizer, text)
+        except BackpackError as err:
+            raise BackpackError(f"task {task.name}: {err}") from None
+
+
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) as lm-eval makes them: trailing whitespace of the context moves to the
     continuation, the whole text is encoded once and split at the context's length (so BPE merges stay natural).

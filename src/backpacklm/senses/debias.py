@@ -20,6 +20,7 @@ import torch
 
 from ..data.prepare import read_document
 from ..errors import BackpackError
+from .projection import check_sense_index
 from .words import single_token_id
 
 # Occupations of WinoBias (Zhao et al., NAACL 2018, Table 1; from US Bureau of Labor Statistics), one word each;
@@ -228,9 +229,7 @@ def debias(models: list, tokenizer, professions: list[str] | None = None, templa
     results, chosen = [], None
     for model in models:
         if getattr(model.config, "model_type", None) == "backpack":
-            k = model.config.num_senses
-            if sense is not None and not 0 <= sense < k:
-                raise BackpackError(f"sense index {sense} is out of range: the model has senses 0..{k - 1}")
+            check_sense_index(model, sense)
             chosen = sense if sense is not None else gender_sense(model, [t for _, t in kept], he_id, she_id)
             results += debias_backpack(model, tokenizer, kept, templates, he_id, she_id, chosen)
         else:

@@ -130,9 +130,13 @@ def pair_scores(embedding_a, embedding_b, senses_a=None, senses_b=None) -> dict[
     return scores
 
 
+MIN_PAIRS = 10  # fewer covered pairs: no rho (any 2 points correlate +-1; a handful swing by chance)
+
+
 @dataclass
 class LexsimResult:
-    """Spearman rho per method on one gold set, over the pairs whose words are in the vocabulary."""
+    """Spearman rho per method on one gold set, over the pairs whose words are in the vocabulary (none below
+    MIN_PAIRS covered pairs)."""
 
     dataset: str
     n_pairs: int
@@ -185,7 +189,7 @@ def lexical_similarity(model, tokenizer, gold: WordPairs, how: str = "average",
         rows.append(pair_scores(va[0], vb[0], va[1], vb[1]))
         gold_scores.append(score)
     spearman = {}
-    if len(rows) >= 2:
+    if len(rows) >= MIN_PAIRS:
         for method in rows[0]:
             rho = spearmanr([r[method] for r in rows], gold_scores).statistic
             spearman[method] = round(float(rho), 4)  # NaN (constant scores) stays NaN

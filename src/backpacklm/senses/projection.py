@@ -41,6 +41,13 @@ def require_backpack(model) -> None:
         raise BackpackError(f"sense analysis needs a Backpack model, not {model.config.model_type!r}")
 
 
+def check_sense_index(model, sense: int | None) -> None:
+    """BackpackError unless `sense` is None or one of the Backpack's sense indices 0..k-1."""
+    k = model.config.num_senses
+    if sense is not None and not 0 <= sense < k:
+        raise BackpackError(f"sense index {sense} is out of range: the model has senses 0..{k - 1}")
+
+
 @torch.no_grad()
 def word_senses(model, tokenizer, word: str, how: str = "average") -> tuple[list[int], torch.Tensor]:
     """(token ids, sense vectors [k, d]) of a word; multi-token words by `how`."""

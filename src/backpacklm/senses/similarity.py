@@ -10,8 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn import functional as F
 
-from ..errors import BackpackError
-from .projection import word_senses
+from .projection import check_sense_index, word_senses
 
 
 @dataclass
@@ -52,9 +51,7 @@ def nearest_neighbours(model, tokenizer, word: str, n: int = 10, sense: int | No
                        chunk: int = 4096) -> Neighbours:
     """The n vocabulary tokens whose sense `sense` (or whose concatenated senses) are closest in cosine to the
     word's, the word's own tokens and special tokens excluded. Senses of the vocabulary are computed in chunks."""
-    k = model.config.num_senses
-    if sense is not None and not 0 <= sense < k:
-        raise BackpackError(f"sense index {sense} is out of range: the model has senses 0..{k - 1}")
+    check_sense_index(model, sense)
     ids, target = word_senses(model, tokenizer, word, how)
     target = target[sense] if sense is not None else target.flatten()  # [d] or [k*d]
     vocab = min(len(tokenizer), model.config.vocab_size)

@@ -119,12 +119,13 @@ def evaluate_steering(models: dict, tokenizer, topics: Sequence[Topic], strength
                       prompts: Sequence[str], sampling: SamplingSettings | None = None,
                       pplm: PPLMSettings | None = None, pplm_step_sizes: Sequence[float] = PPLM_STEP_SIZES,
                       reference_model=None, scorer: Scorer | None = None, mauve_model=None,
-                      mauve_references: Sequence[str] | None = None, examples: int = 3) -> SteeringReport:
+                      mauve_references: Sequence[str] | None = None, examples: int = 3,
+                      progress: bool = True) -> SteeringReport:
     """Run every method in `models` ({"sense": backpack, "pplm": transformer}) on every topic and strength.
 
     reference_model: scores perplexity (default: each method's own model, unsteered); it must share `tokenizer`.
     scorer: text -> on-topic (default: at least one topic word). MAUVE needs `mauve_references` (texts) and uses
-    `mauve_model` (default: the reference model) for the features."""
+    `mauve_model` (default: the reference model) for the features. progress: a bar over the settings on stderr."""
     sampling = sampling or SamplingSettings()
     prompts = list(prompts) or [""]
     for model in models.values():  # unknown words or ids fail here, before the progress bar starts
@@ -137,7 +138,7 @@ def evaluate_steering(models: dict, tokenizer, topics: Sequence[Topic], strength
         reference_features = text_features(mauve_model or reference_model, tokenizer, mauve_references)
     rows, scores = [], {}  # scores: one [V, k] table per topic, shared by its strengths
     jobs = [(m, t, s) for m in models for t in topics for s in strengths]
-    for method, topic, strength in tqdm(jobs, desc="steering", unit="setting"):
+    for method, topic, strength in tqdm(jobs, desc="steering", unit="setting", disable=not progress):
         model = models[method]
         if method == "sense" and id(topic) not in scores:
             scores[id(topic)] = sense_topic_scores(model, topic.target_ids)

@@ -143,6 +143,7 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
+        self.signal: str | None = None  # the first signal's name, e.g. "SIGTERM"
 
     def __enter__(self):
         self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -153,7 +154,7 @@ class StopRequest:
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signal = True, signal.Signals(signum).name
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
@@ -284,7 +285,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         distributed.barrier(env)
 
     loss_kwargs = loss_only(model)  # a Backpack's loss without its [batch, pos, V] logits
-    start_time, window_start, window_tokens = time.time(), time.time(), 0
+    start_time, window_start, window_tokens, out_of_time = time.time(), time.time(), 0, False
     last_val = state.get("val_loss")
     bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (cfg.progress and env.is_main),
                dynamic_ncols=True, mininterval=1.0)
@@ -348,7 +349,9 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                 break
     bar.close()
 
-    summary = {"step": step, "max_steps": max_steps, "val_loss": last_val, "best_val_loss": best,
+    early = step < max_steps and step != cfg.stop_after
+    stopped_by = (stop.signal or ("time limit" if out_of_time else "a signal to another process")) if early else None
+    summary = {"step": step, "max_steps": max_steps, "stopped_by": stopped_by, "val_loss": last_val, "best_val_loss": best,
                "unigram_val_loss": baseline, "train_seconds": time.time() - start_time,
                "checkpoint": str(latest_checkpoint(run_dir)) if env.is_main else None}
     if env.is_main:

@@ -127,7 +127,6 @@ def generate_world(out_dir: str | Path, seed: int = 0, n_documents: int = 4000) 
     if n_documents < 10:
         raise BackpackError(f"a world needs at least 10 documents, got {n_documents}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     kinds, weights = list(KIND_WEIGHTS), list(KIND_WEIGHTS.values())
     topics = list(TOPICS)
@@ -140,9 +139,14 @@ def generate_world(out_dir: str | Path, seed: int = 0, n_documents: int = 4000) 
             lines.append(_people_document(rng))
         else:
             lines.append(_facts_document(rng))
+    truth = ground_truth(seed, n_documents)
+    missing = sorted(set(world_words(truth)) - {w for line in lines for w in line.split()})
+    if missing:  # checked before anything is written: a world without them has no ground truth to check
+        raise BackpackError(f"a world of {n_documents} documents leaves out {', '.join(missing[:5])}"
+                            f"{' ...' if len(missing) > 5 else ''}; generate more documents")
+    out.mkdir(parents=True, exist_ok=True)
     with replacing(out / "world.txt") as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    truth = ground_truth(seed, n_documents)
     write_json_atomic(out / "truth.json", truth)
     return truth
 
