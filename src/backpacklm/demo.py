@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .data.prepare import prepare_corpus
-from .evaluation import loss_only
+from .model.tied_loss import lean_loss
 from .model.loading import load_model
 from .sampling import sample_text
 from .senses.projection import format_projection, sense_projection
@@ -38,7 +38,7 @@ def steps_for(minutes: float, data_dir: Path) -> int:
     for _ in range(6):
         batch = sample_batch(data.train, cfg.batch_size, cfg.block_size, generator)
         start = time.perf_counter()
-        model(input_ids=batch, labels=batch, **loss_only(model)).loss.backward()  # as the trainer calls it
+        lean_loss(model)(input_ids=batch, labels=batch).loss.backward()  # as the trainer calls it
         optimizer.step()
         optimizer.zero_grad()
         timings.append(time.perf_counter() - start)

@@ -10,14 +10,7 @@ from tqdm import tqdm
 
 from .data.dataset import iter_eval_windows
 from .errors import BackpackError
-
-
-def loss_only(model) -> dict:
-    """Forward kwargs for a call that needs only the loss: a Backpack then skips the [batch, pos, V] logits
-    (model/tied_loss.py); other models take no extra kwargs."""
-    from .model.modeling_backpack import BackpackForCausalLM
-
-    return {"return_logits": False} if isinstance(model, BackpackForCausalLM) else {}
+from .model.tied_loss import lean_loss
 
 
 @torch.no_grad()
@@ -27,6 +20,7 @@ def mean_loss(model, tokens: np.ndarray, block_size: int, batch_size: int = 8, m
     progress: a bar with tokens/s and the running loss on stderr."""
     was_training = model.training
     model.eval()
+    forward = lean_loss(model)  # the loss without materializing the logits, where the model allows
     total, count = 0.0, 0
     batches = -(-(len(tokens) // block_size) // batch_size)
     bar = tqdm(total=min(batches, max_batches or batches), unit="batch", disable=not progress, dynamic_ncols=True,
@@ -34,7 +28,7 @@ def mean_loss(model, tokens: np.ndarray, block_size: int, batch_size: int = 8, m
     for batch in iter_eval_windows(tokens, block_size, batch_size, max_batches):
         batch = batch.to(device)
         n = batch.shape[0] * (batch.shape[1] - 1)
-        total += model(input_ids=batch, labels=batch, use_cache=False, **loss_only(model)).loss.item() * n
+        total += forward(input_ids=batch, labels=batch, use_cache=False).loss.item() * n
         count += n
         bar.update(1)
         bar.set_postfix(loss=f"{total / count:.4f}", tok_s=f"{count / max(bar.format_dict['elapsed'], 1e-9):,.0f}",

@@ -54,3 +54,31 @@ def test_backpack_loss_without_logits_equals_the_full_forward():
     assert worst < 1e-6, worst
     with pytest.raises(BackpackError, match="needs labels"):
         model(ids, use_cache=False, return_logits=False)
+
+
+@pytest.mark.parametrize("arch", ["backpack", "transformer"])
+def test_lean_loss_module_equals_the_models_own_loss(arch):
+    """What the trainer calls (lean_loss) gives the model's own loss and gradients, for both architectures; a GPT-2
+    whose head is not the tied embedding is left as it is."""
+    from backpacklm.model.tied_loss import LeanLoss, lean_loss
+    from backpacklm.model.transformer import build_model
+
+    torch.manual_seed(0)
+    model = build_model(small_model().config, arch).train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
+    labels = ids.clone()
+    labels[1, :4] = -100
+    own = model(input_ids=ids, labels=labels, use_cache=False).loss
+    own.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    wrapped = lean_loss(model)
+    assert isinstance(wrapped, LeanLoss) and list(wrapped.parameters()) == list(model.parameters())
+    lean = wrapped(input_ids=ids, labels=labels)
+    lean.loss.backward()
+    assert abs(lean.loss.item() - own.item()) < 1e-6
+    assert max((p.grad - expected[n]).abs().max().item() for n, p in model.named_parameters()) < 1e-6
+    if arch == "transformer":
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+        assert lean_loss(model) is model

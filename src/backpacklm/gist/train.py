@@ -22,6 +22,7 @@ import torch
 from ..data.tokenizers import load_tokenizer
 from ..errors import BackpackError
 from ..model.loading import is_encoder_decoder_dir, load_tokenizer_if_present, max_positions, resolve_model_dir
+from ..model.tied_loss import lean_loss
 from ..train.checkpoint import latest_checkpoint
 from ..train.loop import TrainConfig, train, unigram_loss
 from .data import collate, load_examples
@@ -116,8 +117,9 @@ class InstructionBatches:
                              n_train_tokens=sum(len(e.input_ids) for e in self.train))
 
     def training_module(self, model):
-        """What the loop calls with each batch: the model, or for T5 the model behind `T5GistLoss`."""
-        return T5GistLoss(model, self.gist_id, self.condition) if self.seq2seq else model
+        """What the loop calls with each batch: for T5 the model behind `T5GistLoss`, else the model's loss without
+        its logits where it allows (model/tied_loss.py)."""
+        return T5GistLoss(model, self.gist_id, self.condition) if self.seq2seq else lean_loss(model)
 
     def _batch(self, examples) -> dict[str, torch.Tensor]:
         if self.seq2seq:

@@ -1,4 +1,5 @@
-"""Next-token cross-entropy through the tied output layer without holding the [tokens, V] logits.
+"""Next-token cross-entropy through the tied output layer without holding the [tokens, V] logits, and `LeanLoss`, the
+module training and evaluation call to get a model's loss that way (Backpack, or GPT-2 with its tied head).
 
 With V = 50264 the logits of a batch of 8 x 512 tokens take 823 MB in float32, and a plain
 `F.cross_entropy(hidden @ E.T, targets)` keeps several such tensors alive (logits, log-softmax for backward, their
@@ -17,6 +18,10 @@ alive at once. The result equals the plain version to float32 rounding.
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import GPT2LMHeadModel
+from transformers.modeling_outputs import CausalLMOutput
 
 IGNORE = -100
 
@@ -68,3 +73,31 @@ class _TiedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
         return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None, None
+
+
+class LeanLoss(nn.Module):
+    """The module the trainer and evaluation call with (input_ids, labels, ...): the model's loss without its
+    [batch, pos, V] logits. A Backpack runs `forward(return_logits=False)`; a GPT-2 LM whose head is its tied
+    embedding runs its trunk, then `tied_cross_entropy`. It wraps the model, so DDP and the optimizer see the model's
+    own parameters. Output: `.loss` only."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, labels, use_cache: bool = False, **kwargs) -> CausalLMOutput:
+        if self.model.config.model_type == "backpack":
+            return self.model(input_ids=input_ids, labels=labels, use_cache=False, return_logits=False, **kwargs)
+        hidden = self.model.transformer(input_ids=input_ids, use_cache=False, **kwargs).last_hidden_state
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE).flatten()  # predict token t+1 at position t
+        return CausalLMOutput(loss=tied_cross_entropy(hidden.flatten(0, 1), self.model.lm_head.weight, targets))
+
+
+def lean_loss(model):
+    """`LeanLoss(model)` for a Backpack or a GPT-2 LM with a tied, bias-free head; any other model as it is."""
+    if getattr(model.config, "model_type", None) == "backpack":
+        return LeanLoss(model)
+    if isinstance(model, GPT2LMHeadModel) and model.lm_head.bias is None and \
+            model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr():
+        return LeanLoss(model)
+    return model

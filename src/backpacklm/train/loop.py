@@ -27,9 +27,10 @@ from ..atomic import check_output_dir, write_json_atomic
 from ..checks import check_fields
 from ..data.dataset import TokenData, sample_batch
 from ..errors import BackpackError
-from ..evaluation import loss_only, mean_loss
+from ..evaluation import mean_loss
 from ..model.config import PRESETS, BackpackConfig
 from ..model.loading import check_device, load_model, max_positions
+from ..model.tied_loss import lean_loss
 from ..model.transformer import build_model
 from . import distributed
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
@@ -124,8 +125,9 @@ class TokenWindows:
         """Nothing to adapt: the model's vocabulary already follows the data."""
 
     def training_module(self, model):
-        """The module the loop calls with each batch: the model itself."""
-        return model
+        """The module the loop calls with each batch: the model's loss without its logits where it allows
+        (model/tied_loss.py), else the model itself."""
+        return lean_loss(model)
 
     def train_batch(self, n: int, block_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         batch = sample_batch(self.data.train, n, block_size, generator)
@@ -284,7 +286,6 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             )
         distributed.barrier(env)
 
-    loss_kwargs = loss_only(model)  # a Backpack's loss without its [batch, pos, V] logits
     start_time, window_start, window_tokens, out_of_time = time.time(), time.time(), 0, False
     last_val = state.get("val_loss")
     bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (cfg.progress and env.is_main),
@@ -301,7 +302,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                 batch = {k: v[env.rank * per_rank:(env.rank + 1) * per_rank].to(device) for k, v in batch.items()}
                 sync = contextlib.nullcontext() if (not env.enabled or micro == cfg.grad_accum - 1) else train_model.no_sync()
                 with sync, autocast():
-                    loss = train_model(**batch, use_cache=False, **loss_kwargs).loss / cfg.grad_accum
+                    loss = train_model(**batch, use_cache=False).loss / cfg.grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.item()
             step_loss = distributed.mean_across(env, step_loss)
