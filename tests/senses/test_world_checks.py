@@ -125,12 +125,13 @@ def test_cli_senses_debias_edit_lexsim(world_models, tmp_path, capsys):
     saved.unlink()
 
     gold = tmp_path / "world_pairs.txt"
-    gold.write_text("fox\tdeer\t9\nplanet\tmoon\t8\nfox\tplanet\t1\nsinger\tball\t0.5\nowl\trabbit\t8.5\n")
+    gold.write_text("fox\tdeer\t9\nplanet\tmoon\t8\nfox\tplanet\t1\nsinger\tball\t0.5\nowl\trabbit\t8.5\n"
+                    "coach\tplayer\t9\ncomet\tgalaxy\t8\nchoir\tsong\t8.5\ntree\tsinger\t1\ncoach\tnebula\t0.5\n")
     for model in (w.backpack_dir, w.transformer_dir):  # a Backpack: every method; a GPT-2: embedding rows
         code, out, err = run_cli(capsys, "lexsim", "--model", model, "--data", gold, "--out", tmp_path / "l")
         assert code == 0, err
         result = json.loads((tmp_path / "l" / "lexsim.json").read_text())["results"][0]
-        assert result["n_covered"] == 5 and ("sim_min" in result["spearman"]) == (model == w.backpack_dir)
+        assert result["n_covered"] == 10 and ("sim_min" in result["spearman"]) == (model == w.backpack_dir)
 
 
 def test_cli_bad_input_is_one_line_error(world_models, tmp_path, capsys):
