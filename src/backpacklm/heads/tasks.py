@@ -123,7 +123,7 @@ def load_task(path: str | Path, train_path: str | Path | None = None) -> Task:
     path = Path(path)
     header, examples, train = _read_jsonl(path)
     if train_path is not None:
-        _, more_eval, more_train = _read_jsonl(Path(train_path), allow_empty_eval=True)
+        _, more_eval, more_train = _read_jsonl(Path(train_path))  # a demonstrations file may hold only "train" lines
         train += more_eval + more_train
     if not examples:
         raise BackpackError(f"{path}: no evaluation examples (every line has \"split\": \"train\")")
@@ -139,7 +139,7 @@ def load_task(path: str | Path, train_path: str | Path | None = None) -> Task:
     )
 
 
-def _read_jsonl(path: Path, allow_empty_eval: bool = False) -> tuple[dict, list[Example], list[Example]]:
+def _read_jsonl(path: Path) -> tuple[dict, list[Example], list[Example]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
