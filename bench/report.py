@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = RESULTS_DIR.parent.parent
 
 
 def table(header, rows) -> str:
@@ -177,6 +178,10 @@ def main(argv=None):
             rows, detail = generic(r)
             detail += f" (could not format: {type(e).__name__} {e}; rerun the benchmark)"
         summary += rows
+        png = path.with_suffix(".png")
+        if png.is_file():  # the script's picture of the same run
+            shown = png.resolve().relative_to(REPO_ROOT) if png.resolve().is_relative_to(REPO_ROOT) else png
+            detail += f"\n\n![{name}]({shown})"
         details.append(f"### {name} ({path.name})\n\n{detail}")
     print("## Benchmark summary\n")
     print(table(["claim", "setting", "result", "target", "status"], summary))

@@ -32,6 +32,8 @@ T = block, d = n_embd, L = n_layer, k = senses, V = vocab, FFN_1 inner i1 = 4d, 
 The same model FLOPs are used for both implementations (MFU counts useful work); "naive executed" also counts the
 sense network the naive code runs at every position (u = B T), i.e. hardware FLOPs utilization.
 
+Writes bench/results/<out>.json and <out>.png (loss curves and their differences).
+
 Run:  .venv/bin/python bench/train_throughput.py [--steps-a 200 --steps-b 40 --threads 1 --data DIR]
 """
 
@@ -45,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from backpacklm.model import PRESETS, BackpackConfig, BackpackForCausalLM
-from common import char_corpus, matmul_peak_flops, print_table, random_windows, save_result
+from common import RESULTS_DIR, char_corpus, matmul_peak_flops, print_table, random_windows, save_result
 from naive_backpack import NaiveBackpack, max_logit_diff
 
 CONFIG_A = dict(n_layer=4, n_head=4, n_embd=128, num_senses=4, vocab_size=65, n_positions=64,
@@ -217,6 +219,27 @@ def fp64_check(config_kwargs, block_size, batch_size, steps, data):
                 abs_diff_ours_vs_ours_perturbed=diff(runners[0], runners[2]))
 
 
+def plot_curves(configs: dict, fp64: dict | None, path) -> None:
+    """PNG: per config the fp32 loss curves of ours and naive (left), and |loss ours - loss naive| per step on a log
+    scale for each fp32 config and the float64 run (right): rounding-level agreement, then the fp32 chaos."""
+    from backpacklm.plots import plt, save_figure
+
+    fig, (curves, diffs) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, r in configs.items():
+        ours, naive = r["models"]["ours"]["losses"], r["models"]["naive"]["losses"]
+        line = curves.plot(ours, label=f"{label}: ours")[0]
+        curves.plot(naive, "--", color=line.get_color(), label=f"{label}: naive")
+        diffs.semilogy([max(abs(a - b), 1e-17) for a, b in zip(ours, naive)], color=line.get_color(),
+                       label=f"{label}, fp32")
+    if fp64:
+        diffs.semilogy([max(d, 1e-17) for d in fp64["abs_diff_ours_vs_naive"]], color="black", label="a, float64")
+    curves.set(xlabel="step", ylabel="training loss (nats/char)", title="same batches, same initial weights")
+    diffs.set(xlabel="step", ylabel="|loss ours - loss naive|", title="difference (floor 1e-17 = equal)")
+    curves.legend()
+    diffs.legend()
+    save_figure(fig, path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps-a", type=int, default=200, help="timed steps on config (a)")
@@ -280,6 +303,7 @@ def main(argv=None):
         print(f"[a, float64] |loss ours - naive| by step: {show(d)}")
         print(f"[a, float64] |loss ours - ours*(1+1e-12 noise)|: {show(dc)}")
 
+    plot_curves(results, fp64, RESULTS_DIR / f"{args.out}.png")
     save_result(args.out, dict(
         claim="ours >= 2x naive training tokens/s on config (a), same loss curve",
         data_source=source, threads=torch.get_num_threads(),
