@@ -108,6 +108,7 @@ def test_cli_senses_debias_edit_lexsim(world_models, tmp_path, capsys):
     rows = json.loads((tmp_path / "d" / "debias.json").read_text())["results"]
     assert {(r["model"], r["method"]) for r in rows} >= {("backpack", "Optimize-Sense"), ("transformer", "Project-Nullspace")}
     assert [p["profession"] for p in rows[0]["professions"]] == ["engineer", "nurse"]
+    assert (tmp_path / "d" / "debias.png").stat().st_size > 1000
 
     code, out, err = run_cli(capsys, "edit", "--model", w.backpack_dir, "--word", "phone", "--from", "acme", "--to",
                              "globex", "--prompt", "i bought the phone from", "--save", tmp_path / "edits.json",

@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("debias", help="gender debiasing through a sense, with Transformer baselines")
     p.add_argument("--model", required=True, nargs="+", help="model directories (Backpacks and/or Transformers "
                    "sharing one tokenizer)")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes debias.json and debias.md")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes debias.json, debias.md and debias.png")
     p.add_argument("--professions", type=Path, default=None, metavar="FILE",
                    help="one profession per line (default: the WinoBias occupations that are one token)")
     p.add_argument("--train-templates", type=Path, default=None, metavar="FILE",
@@ -28,7 +28,7 @@ def run(args) -> None:
     from ..atomic import check_output_dir, replacing, write_json_atomic
     from ..errors import BackpackError
     from ..model.loading import load_model
-    from ..senses.debias import DEFAULT_TEMPLATES, debias, read_lines
+    from ..senses.debias import DEFAULT_TEMPLATES, debias, debias_png, read_lines
 
     check_output_dir(args.out)
     professions, templates = None, dict(DEFAULT_TEMPLATES)
@@ -57,4 +57,5 @@ def run(args) -> None:
     write_json_atomic(args.out / "debias.json", {"models": [str(m) for m in args.model], **report.to_dict()})
     with replacing(args.out / "debias.md") as tmp:
         tmp.write_text(table + "\n", encoding="utf-8")
-    print(f"wrote {args.out}/debias.json and debias.md")
+    debias_png(report, args.out / "debias.png")
+    print(f"wrote {args.out}/debias.json, debias.md and debias.png")

@@ -80,6 +80,31 @@ class DebiasReport:
         return "\n".join(lines)
 
 
+def debias_png(report: DebiasReport, path: str | Path) -> Path:
+    """Per model a panel of horizontal bars: each profession's test-prompt bias (bars start at 1 = balanced) under
+    each method, the unmodified model first."""
+    from ..plots import plt, save_figure
+
+    models = list(dict.fromkeys(r.model for r in report.results))
+    n = len(report.professions)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 2.2 + 0.45 * n), squeeze=False,
+                             sharey=True)
+    for ax, model in zip(axes[0], models):
+        rows = [r for r in report.results if r.model == model]
+        height = 0.8 / len(rows)
+        for j, r in enumerate(rows):
+            ax.barh([i + j * height for i in range(n)], [p.bias - 1 for p in r.professions], height,
+                    left=1, label=f"{r.method} (mean {r.bias:.2f})")
+        ax.set_xlim(left=1)
+        ax.set_xlabel("bias: max(p(he)/p(she), p(she)/p(he)) on test prompts")
+        ax.set_title(model + (f", gender sense {report.sense}" if model == "backpack" and report.sense is not None
+                              else ""))
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.5 / n), ncol=1)
+        ax.set_yticks([i + (len(rows) - 1) * height / 2 for i in range(n)], report.professions)
+    axes[0][0].invert_yaxis()
+    return save_figure(fig, path)
+
+
 def read_lines(path: str | Path, what: str) -> list[str]:
     """Non-empty, non-comment lines of a file (professions or templates)."""
     lines = [l.strip() for l in read_document(Path(path)).splitlines()]
