@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -49,6 +50,7 @@ def paths(tmp_path_factory):
     (root / "corpus.txt").write_text(TEXT)
     (root / "unknown_pairs.txt").write_text("zebra\tyak\t3\nokapi\tgnu\t5\n")
     (root / "royal.txt").write_text("king\ncrown\n")
+    np.save(root / "wrong_importance.npy", np.ones((3, 3)))  # the tiny models have 1 layer of 2 heads
     (root / "raising_scorer.py").write_text("def judge(text):\n    raise ValueError('boom')\n")
     (root / "broken_scorer.py").write_text("raise RuntimeError('broken at import')\n")
     # prepared data: with the char models' tokenizer (TEXT's characters), and with another whose 6 ids fit them too
@@ -182,6 +184,10 @@ RUNTIME = [
     ("eval --model {word} --data {story_data}", "(data vs model: vocabulary 22 vs"),
     ("heads induction --model {char} --data {abc_data} --out {root}/induction", "different tokenizer"),
     ("heads importance --model {char} --builtin pairs --out {root}/pairs", "task pairs: 2 character(s) not in"),
+    ("heads induction --model {char} --importance {wrong_importance} --out {root}/ind",
+     "wrong_importance.npy: importance of shape [3, 3] does not fit the model's [1, 2]"),
+    ("heads eval --model {char} --builtin copy --prune-percent 50 --importance {wrong_importance} --out {root}/ev",
+     "importance of shape [3, 3] does not fit the model's [1, 2]"),
     ("steer --model {word} --topic {royal} --strength 0 --prompt the --samples 1 --length 2 "
      "--scorer {raising_scorer}:judge --out {root}/steer1 --no-progress", "failed on a generation: ValueError: boom"),
     ("steer --model {word} --topic {royal} --strength 0 --prompt the --samples 1 --length 2 "

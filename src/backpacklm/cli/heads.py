@@ -190,6 +190,7 @@ def run_importance(args) -> None:
 def _importances(args, model, tokenizer, tasks):
     """task name -> HeadImportance (from --importance files in task order, else computed)."""
     from ..errors import BackpackError
+    from ..heads.adapters import adapter_for
     from ..heads.importance import HeadImportance, head_importance
 
     if args.importance and len(args.importance) not in (1, len(tasks)):
@@ -197,7 +198,8 @@ def _importances(args, model, tokenizer, tasks):
     result = {}
     for i, (task, k) in enumerate(tasks):
         if args.importance:
-            result[task.name] = HeadImportance.load(args.importance[min(i, len(args.importance) - 1)])
+            result[task.name] = HeadImportance.load(args.importance[min(i, len(args.importance) - 1)],
+                                                    adapter_for(model).shape)
         else:
             result[task.name] = head_importance(model, tokenizer, task, k=k, seed=args.seed,
                                                 batch_size=args.batch_size, method=args.method,
@@ -206,8 +208,6 @@ def _importances(args, model, tokenizer, tasks):
 
 
 def run_prune(args) -> None:
-    from ..errors import BackpackError
-    from ..heads.adapters import adapter_for
     from ..heads.ffn import ffn_importance
     from ..heads.pruning import (
         aggregate_scores, check_percents, ffn_pruning_curve, head_pruning_curve, pruning_grid, ranking_transfer,
@@ -219,13 +219,9 @@ def run_prune(args) -> None:
     check_percents([args.transfer_percent])
     model, tokenizer = _load(args)
     tasks = _tasks(args, tokenizer)
-    adapter = adapter_for(model)
     out = Path(args.out)
     importances = _importances(args, model, tokenizer, tasks)
     for name, imp in importances.items():
-        if imp.scores.shape != adapter.shape:
-            raise BackpackError(f"importance for {name} has shape {list(imp.scores.shape)}; the model has "
-                                f"{list(adapter.shape)} heads")
         imp.save(out, f"importance_{_safe(name)}")
     progress = not args.no_progress
     summary = {"tasks": [t.name for t, _ in tasks], "head_curves": [], "ffn_curves": []}
@@ -309,11 +305,7 @@ def run_induction(args) -> None:
     if args.importance:  # read before the probes run: a bad file fails first
         from ..heads.importance import HeadImportance
 
-        importance = HeadImportance.load(args.importance).scores
-        shape = adapter_for(model).shape
-        if importance.shape != shape:
-            raise BackpackError(f"{args.importance}: importance of shape {list(importance.shape)}; the model has "
-                                f"{list(shape)} heads")
+        importance = HeadImportance.load(args.importance, adapter_for(model).shape).scores
     scores = induction_scores(model, tokenizer, lengths=lengths, sequences_per_length=args.sequences,
                               repeats=args.repeats, seed=args.seed, token_counts=counts, exclude=args.exclude,
                               progress=not args.no_progress)
@@ -352,10 +344,7 @@ def run_eval(args) -> None:
         from ..heads.adapters import adapter_for
         from ..heads.importance import HeadImportance
 
-        scores = HeadImportance.load(args.importance).scores
-        if scores.shape != adapter_for(model).shape:
-            raise BackpackError(f"{args.importance}: scores of shape {list(scores.shape)} do not fit the model's "
-                                f"{list(adapter_for(model).shape)} heads")
+        scores = HeadImportance.load(args.importance, adapter_for(model).shape).scores
         pruned = head_prune_mask(scores, args.prune_percent)
         head_mask = pruned if head_mask is None else head_mask * pruned
     out = Path(args.out)

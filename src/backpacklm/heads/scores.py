@@ -34,14 +34,20 @@ class ScoreTable:
         return cls(**fields)
 
     @classmethod
-    def load(cls, path: str | Path):
-        """Read a table saved by `save`: its .json, or its .npy (scores only)."""
+    def load(cls, path: str | Path, shape: tuple[int, ...] | None = None):
+        """Read a table saved by `save`: its .json, or its .npy (scores only). `shape`: the scores' shape the model
+        at hand needs (e.g. [layer, head]); a table of another shape is a BackpackError naming the file."""
         path = Path(path)
         if not path.is_file():
             raise BackpackError(f"{path}: no such {cls.kind} file")
         try:
             if path.suffix == ".npy":
-                return cls(scores=np.asarray(np.load(path, allow_pickle=False), dtype=np.float64))
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+                table = cls(scores=np.asarray(np.load(path, allow_pickle=False), dtype=np.float64))
+            else:
+                table = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError, OSError) as err:
             raise BackpackError(f"{path}: not a valid {cls.kind} file ({err})") from None
+        if shape is not None and table.scores.shape != tuple(shape):
+            raise BackpackError(f"{path}: {cls.kind} of shape {list(table.scores.shape)} does not fit the model's "
+                                f"{list(shape)}")
+        return table
