@@ -36,7 +36,7 @@ from transformers.utils import ModelOutput
 from ..errors import BackpackError
 from .config import BackpackConfig
 from .sense_network import SenseMLP, SenseNetwork
-from .tied_loss import tied_cross_entropy
+from .tied_loss import IGNORE, next_token_targets, tied_cross_entropy
 
 
 @dataclass
@@ -227,20 +227,18 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
             )  # [batch, k, q, d]
         outputs = mixed.sum(dim=1)  # [batch, q, d]
 
-        if not return_logits and labels is None:
-            raise BackpackError("return_logits=False needs labels: the loss is all it returns")
+        embedding = self.transformer.wte.weight  # E [V, d]: the output layer is tied to it
         logits = loss = None
-        if labels is not None:
-            # predict token t+1 at position t: shift the labels (not the logits, which would copy [batch, pos, V])
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100).flatten()
-            if not return_logits:
-                loss = tied_cross_entropy(outputs.flatten(0, 1), self.transformer.wte.weight, targets)
         if return_logits:
             if logits_to_keep:
                 outputs = outputs[:, -logits_to_keep:]
-            logits = outputs @ self.transformer.wte.weight.T  # [batch, q, V]
+            logits = outputs @ embedding.T  # [batch, q, V]
             if labels is not None:
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), next_token_targets(labels), ignore_index=IGNORE)
+        elif labels is None:
+            raise BackpackError("return_logits=False needs labels: the loss is all it returns")
+        else:  # the same loss, computed chunk-wise without the [batch, q, V] logits
+            loss = tied_cross_entropy(outputs.flatten(0, 1), embedding, next_token_targets(labels))
         return BackpackOutput(
             loss=loss,
             logits=logits,

@@ -26,6 +26,12 @@ from transformers.modeling_outputs import CausalLMOutput
 IGNORE = -100
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """labels [batch, pos] -> targets [batch * pos]: position t predicts token t+1; the last position (and any -100)
+    is ignored. Shifting the labels, not the logits, avoids a copy of [batch, pos, V]."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE).flatten()
+
+
 def tied_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """Mean cross-entropy (nats) of logits = hidden @ weight.T against targets.
 
@@ -89,8 +95,8 @@ class LeanLoss(nn.Module):
         if self.model.config.model_type == "backpack":
             return self.model(input_ids=input_ids, labels=labels, use_cache=False, return_logits=False, **kwargs)
         hidden = self.model.transformer(input_ids=input_ids, use_cache=False, **kwargs).last_hidden_state
-        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE).flatten()  # predict token t+1 at position t
-        return CausalLMOutput(loss=tied_cross_entropy(hidden.flatten(0, 1), self.model.lm_head.weight, targets))
+        loss = tied_cross_entropy(hidden.flatten(0, 1), self.model.lm_head.weight, next_token_targets(labels))
+        return CausalLMOutput(loss=loss)
 
 
 def lean_loss(model):
