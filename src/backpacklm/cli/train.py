@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 
 from ..model.config import PRESETS
-from .help_format import DefaultsHelpFormatter
 from ..model.transformer import ARCHITECTURES
+from .help_format import DefaultsHelpFormatter
 from .options import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "num_senses", "n_positions", "vocab_size")
