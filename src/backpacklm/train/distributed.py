@@ -57,3 +57,13 @@ def mean_across(env: Distributed, value: float) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=env.device)
     dist.all_reduce(tensor)
     return tensor.item() / env.world_size
+
+
+def gather_rng_states(env: Distributed) -> list[torch.Tensor]:
+    """Every rank's torch random state (the dropout stream), indexed by rank; called on all ranks together."""
+    state = torch.get_rng_state()
+    if not env.enabled:
+        return [state]
+    states: list = [None] * env.world_size
+    dist.all_gather_object(states, state)
+    return states

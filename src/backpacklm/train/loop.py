@@ -256,7 +256,12 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     if cfg.resume:
         optimizer.load_state_dict(optimizer_state)
         generator.set_state(extra["rng.data"])
-        torch.set_rng_state(extra[f"rng.torch.{env.rank}"] if f"rng.torch.{env.rank}" in extra else extra["rng.torch.0"])
+        saved_ranks = sum(key.startswith("rng.torch.") for key in extra)
+        if saved_ranks == env.world_size:
+            torch.set_rng_state(extra[f"rng.torch.{env.rank}"])
+        elif env.is_main:  # the dropout streams cannot continue; the run still resumes (not bit for bit)
+            print(f"note: {checkpoint.name} was trained with {saved_ranks} process(es), this run has "
+                  f"{env.world_size}: dropout streams restart from the seed", flush=True)
     step = state.get("step", 0)
     best = state.get("best_val_loss", math.inf)
 
@@ -275,7 +280,8 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     baseline = data.unigram_baseline(config.vocab_size)
 
     def checkpoint_now(val_loss: float | None):
-        rng = {"rng.data": generator.get_state(), "rng.torch.0": torch.get_rng_state()}
+        rng = {"rng.data": generator.get_state()}
+        rng.update({f"rng.torch.{rank}": state for rank, state in enumerate(distributed.gather_rng_states(env))})
         if env.is_main:
             save_checkpoint(
                 run_dir, step, model, data.tokenizer, optimizer,
