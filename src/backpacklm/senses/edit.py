@@ -52,14 +52,15 @@ def first_id(tokenizer, word: str, vocab_size: int) -> int:
 
 @torch.no_grad()
 def edit_overrides(model, tokenizer, edits: list[SenseEdit]) -> dict[int, torch.Tensor]:
-    """{token id: edited senses [k, d]} for every token of every edited word; edits of one word compose in order."""
+    """{token id: edited senses [k, d]} for every distinct token of every edited word (a token the word repeats is
+    edited once); edits of one word compose in order."""
     require_backpack(model)
     V = model.config.vocab_size
     E = model.get_input_embeddings().weight
     overrides: dict[int, torch.Tensor] = {}
     for edit in edits:
         e_a, e_b = E[first_id(tokenizer, edit.source, V)], E[first_id(tokenizer, edit.target, V)]
-        for token in word_ids(tokenizer, edit.word, vocab_size=V):
+        for token in dict.fromkeys(word_ids(tokenizer, edit.word, vocab_size=V)):  # once per distinct token
             senses = overrides.get(token)
             if senses is None:
                 senses = model.token_senses(torch.tensor([token], device=model.device))[0]
