@@ -83,7 +83,8 @@ def test_bad_inputs_are_one_line_errors(trained, capsys, tmp_path):
     config = json.loads((other / "config.json").read_text())
     config["n_embd"], config["n_head"] = 64, 2
     (other / "config.json").write_text(json.dumps(config))
-    one_line_error(*run_cli(capsys, "sample", "--model", other), "cannot load")
+    one_line_error(*run_cli(capsys, "sample", "--model", other), "does not match its config (mismatched keys: ",
+                   "sense_network.", "is [", "in the file", "by the config")
 
     truncated = tmp_path / "truncated"
     shutil.copytree(checkpoint, truncated)

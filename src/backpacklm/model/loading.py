@@ -76,6 +76,14 @@ def check_finite(model, where: Path) -> None:
                                 "its training diverged")
 
 
+def _describe_key(entry) -> str:
+    """A loading-info entry: a name, or (name, shape in the file, shape the config gives) for a mis-shaped weight."""
+    if isinstance(entry, tuple) and len(entry) == 3:
+        name, stored, expected = entry
+        return f"{name} is {list(stored)} in the file, {list(expected)} by the config"
+    return str(entry)
+
+
 def load_model(path: str | Path, device: str = "cpu", **kwargs):
     """(model, tokenizer or None) in eval mode: a causal LM, or a sequence-to-sequence LM (T5) when the config says
     is_encoder_decoder. Missing, unexpected or mis-shaped weights are an error, never silently re-initialized."""
@@ -86,7 +94,8 @@ def load_model(path: str | Path, device: str = "cpu", **kwargs):
     model_dir = resolve_model_dir(path)
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder_dir(model_dir) else AutoModelForCausalLM
     try:
-        model, info = auto.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+        # mis-shaped weights are listed in `info` (and rejected below, naming them) rather than raised without names
+        model, info = auto.from_pretrained(model_dir, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
     except BackpackError:
         raise
     except Exception as err:  # corrupted / truncated / foreign files surface as many exception types
@@ -94,7 +103,8 @@ def load_model(path: str | Path, device: str = "cpu", **kwargs):
         raise BackpackError(f"cannot load a model from {model_dir}: {message}") from None
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
-        detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, sorted(v, key=str)[:3]))}" for k, v in problems.items())
+        detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(_describe_key, sorted(v, key=str)[:3]))}"
+                           for k, v in problems.items())
         raise BackpackError(f"checkpoint in {model_dir} does not match its config ({detail})")
     check_finite(model, model_dir)
     model.to(device).eval()
