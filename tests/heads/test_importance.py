@@ -104,8 +104,9 @@ def test_save_and_load_roundtrip(tmp_path):
     assert imp.ranking()[0] == (1, 3)
     for key in ("json", "npy"):
         np.testing.assert_array_equal(HeadImportance.load(paths[key]).scores, imp.scores)
-    (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(BackpackError, match="not a valid importance file"):
-        HeadImportance.load(tmp_path / "bad.json")
+    for text in ("{}", "[1, 2, 3]", "null", '"scores"'):  # valid JSON, but no object with "scores"
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(BackpackError, match=r"bad\.json: not a valid importance file \(expected a JSON object"):
+            HeadImportance.load(tmp_path / "bad.json")
     with pytest.raises(BackpackError, match="method"):
         importance_from_batches(tiny_model("gpt2"), [batch()], method="magic")

@@ -29,6 +29,8 @@ class ScoreTable:
 
     @classmethod
     def from_dict(cls, payload: dict):
+        if not isinstance(payload, dict) or "scores" not in payload:
+            raise ValueError('expected a JSON object with "scores"')
         fields = {k: v for k, v in payload.items() if k in cls.__dataclass_fields__}
         fields["scores"] = np.asarray(payload["scores"], dtype=np.float64)
         return cls(**fields)
