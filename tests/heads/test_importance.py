@@ -97,6 +97,12 @@ def test_masked_heads_get_zero_importance_and_batching_does_not_matter():
     assert not adapter.attn_out(0)._forward_pre_hooks  # everything removed
 
 
+def test_no_answer_tokens_is_an_error():
+    ids, mask, answer = batch()
+    with pytest.raises(BackpackError, match="no answer tokens"):  # was: scores of all zeros
+        importance_from_batches(tiny_model("gpt2"), [(ids, mask, torch.zeros_like(answer))], progress=False)
+
+
 def test_save_and_load_roundtrip(tmp_path):
     imp = HeadImportance(scores=np.arange(8.0).reshape(2, 4), task="t")
     paths = imp.save(tmp_path)

@@ -189,6 +189,16 @@ def test_answer_batches_mark_the_gold_answer(tok):
     assert np.allclose(seen, gold_logprobs, atol=1e-5)
 
 
+def test_empty_gold_continuation_is_an_error_not_zero_importance(tok):
+    from backpacklm.heads.importance import head_importance
+
+    task = Task("t", [Example("ab", ("c", "d"), 1), Example("ba", ("", "c"), 0)], target_delimiter="")
+    with pytest.raises(BackpackError, match=r"^t: example 1: gold continuation '' encodes to no tokens$"):
+        next(iter(answer_batches(tok, task, batch_size=8)))
+    with pytest.raises(BackpackError, match="example 1: gold continuation '' encodes to no tokens"):
+        head_importance(tiny_model("gpt2"), tok, task, progress=False)  # was: all-zero scores, no error
+
+
 def test_generation_exact_match_batched(tok):
     torch.manual_seed(0)
     config = BackpackConfig.from_preset("tiny", vocab_size=len(tok), n_layer=2, n_embd=32, n_head=4, n_positions=64)

@@ -130,6 +130,8 @@ def importance_from_batches(model, batches: Iterable[tuple[torch.Tensor, torch.T
         model.train(was_training)
     if examples == 0:
         raise BackpackError("no examples to compute head importance on")
+    if answer_tokens == 0:
+        raise BackpackError("no answer tokens to compute head importance on (every answer_mask is empty)")
     scores = (sums / (tokens if method == "token" else examples)).numpy()
     if normalize == "layer":
         norms = np.linalg.norm(scores, axis=1, keepdims=True)

@@ -349,11 +349,14 @@ def answer_batches(tokenizer, task: Task, k: int = 0, seed: int = 0, batch_size:
     Yields (input_ids [batch, pos] long, attention_mask [batch, pos] long 1/0, answer_mask [batch, pos] bool):
     answer_mask[b, t] marks the tokens of T + target. The answer loss (mean NLL of answer tokens) is
     -log_softmax(logits[:, :-1])[input_ids[:, 1:]] averaged where answer_mask[:, 1:].
-    Prompts longer than `max_length` lose their oldest tokens.
+    Prompts longer than `max_length` lose their oldest tokens; a gold continuation of no tokens is a BackpackError.
     """
     sequences, n_answer = [], []
-    for prompt, ex in zip(few_shot_prompts(task, k, seed), task.examples):
+    for i, (prompt, ex) in enumerate(zip(few_shot_prompts(task, k, seed), task.examples)):
         context, continuation = encode_pair(tokenizer, prompt, task.target_delimiter + ex.target)
+        if not continuation:
+            raise BackpackError(f"{task.name}: example {i}: gold continuation "
+                                f"{task.target_delimiter + ex.target!r} encodes to no tokens")
         ids = _truncate(context, continuation, max_length)
         sequences.append(ids)
         n_answer.append(len(continuation))
