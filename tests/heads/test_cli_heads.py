@@ -90,3 +90,21 @@ def test_bad_input_is_one_line_exit_2(model_dirs, tmp_path, capsys):
         code, out, err = run_cli(capsys, *argv)
         assert code == 2, (argv, err)
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_prune_transfer_uses_each_tasks_own_shots(model_dirs, tmp_path, capsys):
+    """copy (2 shots by default) and map (16): the transfer step scored every task with the first task's k."""
+    from backpacklm.worlds.icl_tasks import DEFAULT_SHOTS
+
+    out = tmp_path / "out"
+    code, text, err = run_cli(capsys, "heads", "prune", "--model", str(model_dirs["gpt2"]), "--builtin", "copy",
+                              "--builtin", "map", "--n", "8", "--head-percents", "0", "--transfer-percent", "0",
+                              "--no-ffn", "--batch-size", "16", "--no-progress", "--out", out)
+    assert code == 0, err
+    summary = json.loads((out / "prune.json").read_text())
+    transfer = summary["transfer"]
+    assert transfer["shots"] == {"copy": DEFAULT_SHOTS["copy"], "map": DEFAULT_SHOTS["map"]}
+    own = {c["task"]: c["accuracies"][0] for c in summary["head_curves"] if c["ranking"] == c["task"]}
+    assert transfer["unpruned"] == own  # 0 %: the unmasked accuracy at the task's own k, exactly
+    for source in ("copy", "map", "aggregate"):
+        assert transfer["accuracy"][source] == own

@@ -84,5 +84,10 @@ def test_curves_grid_and_transfer_on_a_model(char_model, tmp_path):
     transfer = ranking_transfer(model, tok, {"copy": task, "pairs": other}, {"copy": scores, "pairs": -scores},
                                 percent=0, k=1, batch_size=32, progress=False)
     assert transfer.accuracy["pairs"]["copy"] == unmasked and transfer.correlation["copy"]["pairs"] == -1.0
+    shots = {"copy": 1, "pairs": 3}  # each task evaluated with its own k
+    transfer = ranking_transfer(model, tok, {"copy": task, "pairs": other}, {"copy": scores}, percent=0, k=shots,
+                                batch_size=32, progress=False)
+    assert transfer.shots == shots and transfer.accuracy["copy"]["copy"] == unmasked
+    assert transfer.unpruned["pairs"] == evaluate_task(model, tok, other, k=3, batch_size=32).accuracy
     assert save_curves(tmp_path, [curve, curve], "c")["png"].stat().st_size > 1000
     assert save_grid(tmp_path, grid)["png"].stat().st_size > 1000

@@ -257,7 +257,7 @@ def run_prune(args) -> None:
         sources = {name: imp.scores for name, imp in importances.items()}
         sources["aggregate"] = aggregate_scores(list(sources.values()))
         transfer = ranking_transfer(model, tokenizer, {t.name: t for t, _ in tasks}, sources, args.transfer_percent,
-                                    k=tasks[0][1], seed=args.seed, batch_size=args.batch_size,
+                                    k={t.name: k for t, k in tasks}, seed=args.seed, batch_size=args.batch_size,
                                     length_normalize=args.length_normalize, progress=progress)
         summary["transfer"] = transfer.to_dict()
         print("rank correlation (Spearman over head scores): " + json.dumps(

@@ -158,32 +158,36 @@ def rank_correlation(scores_a, scores_b) -> float:
 @dataclass
 class TransferResult:
     """accuracy[source][target]: `target` task's accuracy with `percent` % heads pruned by `source`'s ranking;
-    correlation[a][b]: Spearman's rho of the two tasks' head scores."""
+    correlation[a][b]: Spearman's rho of the two tasks' head scores; shots[target]: the k it was evaluated with."""
 
     percent: float
     tasks: list[str]
     accuracy: dict[str, dict[str, float]]
     correlation: dict[str, dict[str, float]]
     unpruned: dict[str, float] = field(default_factory=dict)
+    shots: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def ranking_transfer(model, tokenizer, tasks: dict, scores: dict, percent: float = 50, k: int = 0, seed: int = 0,
-                     batch_size: int = 8, length_normalize="none", progress: bool = True) -> TransferResult:
+def ranking_transfer(model, tokenizer, tasks: dict, scores: dict, percent: float = 50, k: int | dict = 0,
+                     seed: int = 0, batch_size: int = 8, length_normalize="none",
+                     progress: bool = True) -> TransferResult:
     """Prune `percent` % heads by each source ranking in `scores` (task name -> [layer, head], may include an
-    "aggregate") and evaluate every task in `tasks` (name -> Task)."""
+    "aggregate") and evaluate every task in `tasks` (name -> Task) with its own shots: `k` is one number for all
+    tasks or task name -> k."""
     check_percents([percent])
-    kwargs = dict(k=k, seed=seed, batch_size=batch_size, length_normalize=length_normalize)
+    shots = {t: int(k[t] if isinstance(k, dict) else k) for t in tasks}
+    kwargs = {t: dict(k=shots[t], seed=seed, batch_size=batch_size, length_normalize=length_normalize) for t in tasks}
     pairs = [(s, t) for s in scores for t in tasks]
     accuracy: dict[str, dict[str, float]] = {s: {} for s in scores}
     for source, target in tqdm(pairs, desc="ranking transfer", unit="pair", disable=not progress):
         accuracy[source][target] = _accuracy(model, tokenizer, tasks[target], head_prune_mask(scores[source], percent),
-                                             None, kwargs)
-    unpruned = {t: _accuracy(model, tokenizer, tasks[t], None, None, kwargs) for t in tasks}
+                                             None, kwargs[target])
+    unpruned = {t: _accuracy(model, tokenizer, tasks[t], None, None, kwargs[t]) for t in tasks}
     correlation = {a: {b: rank_correlation(scores[a], scores[b]) for b in scores} for a in scores}
-    return TransferResult(percent, list(tasks), accuracy, correlation, unpruned)
+    return TransferResult(percent, list(tasks), accuracy, correlation, unpruned, shots)
 
 
 def save_curves(out_dir: str | Path, curves: list[PruningCurve], name: str) -> dict[str, Path]:
