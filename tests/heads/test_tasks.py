@@ -216,6 +216,37 @@ def test_generation_exact_match_batched(tok):
     assert evaluate_task(model, tok, shifted, k=1, batch_size=4, max_new_tokens=3).accuracy == 0.0
 
 
+class Demonstrator(nn.Module):
+    """Continues every prompt as its demonstrations do: T + answer + F (the example found by its context)."""
+
+    def __init__(self, tokenizer, task: Task):
+        super().__init__()
+        self.tok, self.task = tokenizer, task
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(n_positions=512)
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+        rows = []
+        for row, mask in zip(input_ids, attention_mask):
+            prompt = self.tok.decode(row[mask.bool()].tolist())
+            ex = next(e for e in self.task.examples if prompt.endswith(e.context))
+            new = self.tok.encode(self.task.target_delimiter + ex.answer + self.task.fewshot_delimiter)
+            new = (new + [0] * max_new_tokens)[:max_new_tokens]
+            rows.append(torch.cat([row, torch.tensor(new)]))
+        return torch.stack(rows)
+
+
+@pytest.mark.parametrize("delimiter", ["", " ", "=", " > "])
+def test_generation_matches_the_answer_after_the_target_delimiter(tok, delimiter):
+    """The prompt ends at the context, so a model that writes T + answer (what importance scores) is right."""
+    examples = [Example(c, answer=a) for c, a in [("ab", "ba"), ("cd", "dc"), ("ef", "fe"), ("gh", "hg")]]
+    task = Task("rev", examples, target_delimiter=delimiter, fewshot_delimiter="\n")
+    result = evaluate_task(Demonstrator(tok, task), tok, task, k=1, batch_size=2)
+    assert result.accuracy == 1.0 and result.predictions == ["ba", "dc", "fe", "hg"]  # was 0.0 for "=" and " > "
+    wrong = Task("rev", [Example(e.context, answer=e.answer[::-1]) for e in examples], [], delimiter, "\n")
+    assert evaluate_task(Demonstrator(tok, task), tok, wrong, k=1, batch_size=2).accuracy == 0.0
+
+
 def test_bpe_pairs_split_like_lm_eval():
     from backpacklm.data.tokenizers import train_bpe_tokenizer
 

@@ -17,7 +17,9 @@ Texts are tokenized with the tokenizer's defaults (so a BOS where the tokenizer 
 Scores are log-likelihoods in nats: log p(continuation | prompt) = sum over its tokens of log p(token | prefix).
 Length normalisation divides that sum by a length: "char" by the choice's characters (without T; lm-eval's acc_norm,
 comparable across tokenizers) or "token" by the continuation's tokens (a per-token mean log-prob). Multiple-choice accuracy picks the best score.
-Generation is greedy (`generate()`), cut at the few-shot delimiter, and exact match after stripping whitespace.
+Generation is greedy (`generate()`) from the same prompt (ending at the context): a leading T is dropped from the
+output, which is then cut at the few-shot delimiter and compared by exact match after stripping whitespace, so the
+model is judged on the continuation T + answer that head importance scores.
 """
 
 from __future__ import annotations
@@ -492,11 +494,18 @@ def _evaluate_generation(model, tokenizer, task, prompts, batch_size, max_new_to
                              max_new_tokens=max_new_tokens, pad_token_id=pad)
         for row in out[:, ids.shape[1]:]:
             texts.append(tokenizer.decode(row.tolist(), skip_special_tokens=True))
-    predictions = [_cut(text, task.fewshot_delimiter) for text in texts]
+    # the prompt ends at the context, so a model continuing as its demonstrations do writes T + answer: drop that T
+    # (the same continuation importance scores), then stop at the few-shot delimiter
+    predictions = [_cut(_drop_prefix(text, task.target_delimiter), task.fewshot_delimiter) for text in texts]
     correct = [pred.strip() == ex.answer.strip() for pred, ex in zip(predictions, task.examples)]
     return TaskResult(task=task.name, kind=task.kind, k=0, seed=0, length_normalize="none",
                       accuracy=float(np.mean(correct)), n=len(correct), chance=0.0, correct=correct,
                       predictions=predictions)
+
+
+def _drop_prefix(text: str, prefix: str) -> str:
+    """`text` without a leading `prefix` (unchanged if it does not start with it)."""
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text
 
 
 def _cut(text: str, stop: str) -> str:
