@@ -85,6 +85,7 @@ def test_bad_input_is_one_line_exit_2(model_dirs, tmp_path, capsys):
         (["heads", "eval", "--model", model, "--builtin", "copy", "--prune-percent", "-3", "--importance", "x",
           "--out", tmp_path], "out of range"),
         (["heads", "importance", "--model", model, "--out", tmp_path], "give a task"),
+        (["heads", "prune", "--model", model, "--builtin", "copy", "--grid", "--no-ffn", "--out", tmp_path], "--grid"),
     ]
     for argv, message in cases:
         code, out, err = run_cli(capsys, *argv)

@@ -208,12 +208,15 @@ def _importances(args, model, tokenizer, tasks):
 
 
 def run_prune(args) -> None:
+    from ..errors import BackpackError
     from ..heads.ffn import ffn_importance
     from ..heads.pruning import (
         aggregate_scores, check_percents, ffn_pruning_curve, head_pruning_curve, pruning_grid, ranking_transfer,
         save_curves, save_grid,
     )
 
+    if args.grid and args.no_ffn:
+        raise BackpackError("--grid needs the FFN ranking: drop --no-ffn")
     head_percents = check_percents(_percent_list(args.head_percents))
     ffn_percents = check_percents(_percent_list(args.ffn_percents))
     check_percents([args.transfer_percent])
