@@ -85,6 +85,16 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     code, out, err = run_cli(capsys, "gist", "train", "--data", missing, "--out", tmp_path / "r", *TINY)
     assert code == 2 and err.count("\n") == 1 and "record 0 has no string field 'output'" in err
 
+    reserved = tmp_path / "reserved.json"
+    reserved.write_text(json.dumps(RECORDS[:2] + [{"instruction": "sort <GIST>", "input": "b a", "output": "a b"}]))
+    code, out, err = run_cli(capsys, "gist", "train", "--data", reserved, "--out", tmp_path / "r", *TINY)
+    assert code == 2 and err.count("\n") == 1 and "record 2's 'instruction' contains <GIST>, which is reserved" in err
+    assert run_cli(capsys, "gist", "compress", "--model", model_dir, "--instructions", data,
+                   "--out", tmp_path / "c.safetensors")[0] == 0
+    code, out, err = run_cli(capsys, "gist", "generate", "--model", model_dir, "--compressed", tmp_path / "c.safetensors",
+                             "--input", "a <GIST> b")
+    assert code == 2 and err.count("\n") == 1 and "input 'a <GIST> b' contains <GIST>, which is reserved" in err
+
     long = tmp_path / "long.json"  # one example longer than the 96 positions: an error, or left out with --skip-long
     long.write_text(json.dumps(RECORDS + [{"instruction": "sort the letters", "input": " ".join("cab" * 40),
                                            "output": "a b c"}]))

@@ -43,6 +43,22 @@ def test_layout_text_ids_and_labels(kind):
     assert tokenizer.decode(no_input.input_ids) == f"Instruction: count\n{GIST_TOKEN}\nOutput: 3<|endoftext|>"
 
 
+@pytest.mark.parametrize("field", ["instruction", "input", "output"])
+def test_gist_string_in_user_text_is_rejected(field):
+    """A literal "<GIST>" in the data would be encoded as one more gist token (moving the last gist): an error."""
+    tokenizer = build_char_tokenizer(TEXT)
+    add_gist_token(tokenizer)
+    example = GistExample(**{"instruction": "sort", "input": "b a", "output": "a b", field: f"x {GIST_TOKEN} y"})
+    with pytest.raises(BackpackError, match=f"^{field} 'x <GIST> y' contains <GIST>, which is reserved"):
+        encode_example(tokenizer, example, num_gists=2)
+    if field == "instruction":
+        with pytest.raises(BackpackError, match="instruction 'x <GIST> y' contains <GIST>"):
+            encode_instruction(tokenizer, example.instruction, 2)
+    if field == "input":
+        with pytest.raises(BackpackError, match="input 'x <GIST> y' contains <GIST>"):
+            encode_tail(tokenizer, example)
+
+
 def test_new_rows_are_the_mean_for_tied_and_untied_models():
     tokenizer = build_char_tokenizer(TEXT)
     backpack = build_model(BackpackConfig.from_preset("tiny", n_embd=32, n_layer=1, n_head=2, num_senses=2,
@@ -83,6 +99,11 @@ def test_alpaca_loading_errors_and_left_padded_batches(tmp_path):
         bad.write_text(json.dumps(content))
         with pytest.raises(BackpackError, match=message):
             load_examples(bad)
+    reserved = tmp_path / "reserved.json"  # the literal string would be read as a gist token
+    reserved.write_text(json.dumps([{"instruction": "sort", "input": "b a", "output": "a b"},
+                                    {"instruction": "sort", "input": "b <GIST> a", "output": "a b"}]))
+    with pytest.raises(BackpackError, match="record 1's 'input' contains <GIST>, which is reserved"):
+        load_examples(reserved, require_output=False)
     (tmp_path / "broken.json").write_text("[{")
     with pytest.raises(BackpackError, match="neither a JSON list nor JSON Lines"):
         load_examples(tmp_path / "broken.json")

@@ -19,6 +19,7 @@ from backpacklm.gist.t5 import (
     t5_collate,
     t5_encode_example,
     t5_encode_from_compressed,
+    t5_encode_segment,
     t5_gist_encode,
     t5_gist_forward,
 )
@@ -208,3 +209,9 @@ def test_bad_prompts_are_one_line_errors(tokenizer):
         compress_ids(model, [one, two], gist_id)
     with pytest.raises(BackpackError, match="unknown gist condition"):
         t5_allowed_attention(torch.tensor([[1, 2]]), gist_id, "both")
+    for field in ("instruction", "input", "output"):  # a literal "<GIST>" would be read as a gist token
+        example = GistExample(**{**vars(EXAMPLES[0]), field: "a <GIST> b"})
+        with pytest.raises(BackpackError, match=f"{field} 'a <GIST> b' contains <GIST>, which is reserved"):
+            t5_encode_example(tokenizer, example, 2)
+    with pytest.raises(BackpackError, match="input 'a <GIST> b' contains <GIST>"):
+        t5_encode_segment(tokenizer, "a <GIST> b")

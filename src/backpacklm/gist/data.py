@@ -10,7 +10,7 @@ import torch
 
 from ..data.batching import pad_rows
 from ..errors import BackpackError
-from .layout import IGNORE, EncodedExample, GistExample
+from .layout import GIST_TOKEN, IGNORE, EncodedExample, GistExample
 from .masks import gist_attention_mask, padded_position_ids
 
 FIELDS = ("instruction", "input", "output")
@@ -19,8 +19,8 @@ FIELDS = ("instruction", "input", "output")
 def load_examples(path: str | Path, require_output: bool = True) -> list[GistExample]:
     """Records of a JSON list (or JSON Lines) of {"instruction", "input", "output"} objects.
 
-    "input" may be missing or empty (no input); a missing "instruction" (or "output", when required) is a one-line
-    error naming the record.
+    "input" may be missing or empty (no input); a missing "instruction" (or "output", when required), or a field
+    containing the reserved `<GIST>` string, is a one-line error naming the record.
     """
     path = Path(path)
     try:
@@ -48,6 +48,9 @@ def load_examples(path: str | Path, require_output: bool = True) -> list[GistExa
             raise BackpackError(f"{path}: record {i} has no string field {', '.join(repr(m) for m in missing)}")
         if not isinstance(record.get("input", ""), str):
             raise BackpackError(f"{path}: record {i} has a non-string 'input'")
+        if reserved := [f for f in FIELDS if isinstance(record.get(f), str) and GIST_TOKEN in record[f]]:
+            raise BackpackError(f"{path}: record {i}'s {reserved[0]!r} contains {GIST_TOKEN}, which is reserved "
+                                "for gist tokens")
         examples.append(GistExample(record["instruction"], record.get("input") or "", record.get("output", "")))
     return examples
 

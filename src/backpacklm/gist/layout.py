@@ -7,6 +7,8 @@
 The prompt is encoded piece by piece (instruction part, gists, tail), so the gists are exact token ids whatever the
 tokenizer (character-level, byte-level BPE, any Hugging Face tokenizer) and the instruction part is a prefix of the
 prompt's ids: compressing it alone and then continuing with the tail gives the same ids as the whole prompt.
+The `<GIST>` string is reserved: instructions, inputs and outputs that contain it are rejected (`check_no_gist`),
+since the tokenizer would read it as one more gist token.
 """
 
 from __future__ import annotations
@@ -103,8 +105,22 @@ def eos_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def check_no_gist(text: str, what: str) -> None:
+    """BackpackError if user text contains the reserved `<GIST>` string (it would be read as a gist token)."""
+    if GIST_TOKEN in text:
+        shown = repr(text if len(text) <= 60 else text[:57] + "...")
+        raise BackpackError(f"{what} {shown} contains {GIST_TOKEN}, which is reserved for gist tokens")
+
+
+def check_example(example: GistExample) -> None:
+    """`check_no_gist` on the instruction, input and output."""
+    for field in ("instruction", "input", "output"):
+        check_no_gist(getattr(example, field), field)
+
+
 def encode_example(tokenizer, example: GistExample, num_gists: int, with_output: bool = True) -> EncodedExample:
     """The example in the decoder-only layout (see module docstring). num_gists = 0 gives the plain prompt."""
+    check_example(example)
     gist_id = gist_token_id(tokenizer) if num_gists else None
     instruction = encode_strict(tokenizer, INSTRUCTION_TEMPLATE.format(instruction=example.instruction))
     tail = encode_strict(tokenizer, _tail_text(example).removeprefix("\n") if num_gists == 0 else _tail_text(example))
@@ -123,6 +139,7 @@ def encode_example(tokenizer, example: GistExample, num_gists: int, with_output:
 
 def encode_tail(tokenizer, example: GistExample) -> list[int]:
     """Ids of the part after the gists ("\\nInput: ...\\nOutput:"), to continue a compressed prompt with."""
+    check_no_gist(example.input, "input")
     return encode_strict(tokenizer, _tail_text(example))
 
 
@@ -132,6 +149,7 @@ def _tail_text(example: GistExample) -> str:
 
 def encode_instruction(tokenizer, instruction: str, num_gists: int) -> list[int]:
     """Ids of "Instruction: ...\\n" followed by k gists: what `compress` runs once."""
+    check_no_gist(instruction, "instruction")
     ids = encode_strict(tokenizer, INSTRUCTION_TEMPLATE.format(instruction=instruction))
     return ids + [gist_token_id(tokenizer)] * num_gists
 

@@ -37,7 +37,9 @@ from ..data.tokenizers import encode_strict
 from ..data.batching import pad_rows
 from ..errors import BackpackError
 from .cache import CompressedPrompts, SamplingConfig, choose_next
-from .layout import IGNORE, INPUT_TEMPLATE, GistExample, eos_id, encode_instruction
+from .layout import (
+    IGNORE, INPUT_TEMPLATE, GistExample, check_example, check_no_gist, eos_id, encode_instruction,
+)
 from .masks import CONDITIONS, gist_bounds, to_additive
 
 
@@ -61,12 +63,14 @@ def is_encoder_decoder(model) -> bool:
 
 def t5_encode_segment(tokenizer, input_text: str) -> list[int]:
     """Ids of the input segment: `\nInput: {input}` (nothing without input) + end-of-text."""
+    check_no_gist(input_text, "input")
     segment = encode_strict(tokenizer, INPUT_TEMPLATE.format(input=input_text)) if input_text else []
     return segment + [eos_id(tokenizer)]
 
 
 def t5_encode_example(tokenizer, example: GistExample, num_gists: int, with_output: bool = True) -> T5Encoded:
     """Token ids of `example` in the T5 layout (see module docstring); without output the target is empty."""
+    check_example(example)
     target = encode_strict(tokenizer, example.output) + [eos_id(tokenizer)] if with_output else []
     return T5Encoded(encode_instruction(tokenizer, example.instruction, num_gists),
                      t5_encode_segment(tokenizer, example.input), target)
