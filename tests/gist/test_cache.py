@@ -124,3 +124,24 @@ def test_file_round_trip_select_and_foreign_model(tmp_path):
     assert full.stored_positions.tolist() == [len(TOKENIZER.encode(f"Instruction: {e.instruction}\n")) + K
                                               for e in EXAMPLES]
     assert (full.kv_bytes() / compressed.kv_bytes()).min() > 5
+
+
+def test_instruction_cache_of_mixed_lengths_near_the_position_limit():
+    """Each row fits the Backpack's 90 positions, though the padded cache plus tails is wider (65 + 57 > 90): the
+    explicit position ids are what is checked, and the result equals the uncached forward."""
+    torch.manual_seed(0)
+    config = BackpackConfig.from_preset("tiny", n_embd=32, n_layer=2, n_head=2, num_senses=4, vocab_size=V,
+                                        n_positions=90, initializer_range=0.2)
+    model = build_model(config, "backpack").eval()
+    examples = [GistExample("sort", "a b c d e f " * 3 + "a b c", ""),
+                GistExample("write every second letter of the sequence, please", "a b", "")]
+    prompts = [encode_example(TOKENIZER, e, K, with_output=False).input_ids for e in examples]
+    assert [len(p) for p in prompts] == [77, 84]
+    full = compress(model, TOKENIZER, [e.instruction for e in examples], K, keep="all")
+    tails = [encode_example(TOKENIZER, e, K, with_output=False) for e in examples]
+    cached = prefill_compressed(model, full, [t.input_ids[t.gist_end:] for t in tails], TOKENIZER.eos_token_id)
+    uncached = prefill_uncached(model, prompts, None, "pos_control", TOKENIZER.eos_token_id)
+    assert (full.valid.shape[1], cached.logits.shape[1]) == (65, 57)
+    assert (cached.logits[:, -1] - uncached.logits[:, -1]).abs().max() < 1e-5
+    with pytest.raises(BackpackError, match="position id 90 is out of range for the model's 90 positions"):
+        model(input_ids=torch.zeros(1, 2, dtype=torch.long), position_ids=torch.tensor([[89, 90]]))

@@ -189,8 +189,13 @@ class BackpackForCausalLM(BackpackPreTrainedModel, GenerationMixin):
                 cache.layers.append(DynamicLayer())  # a cache built from the config: add the sense layer
         batch, n_query = input_ids.shape
         n_past = cache.get_seq_length() if use_cache else 0
-        if n_past + n_query > config.n_positions:
-            raise BackpackError(f"sequence of {n_past + n_query} tokens exceeds the model's {config.n_positions} positions")
+        if position_ids is None:  # implicit positions continue after the cache
+            if n_past + n_query > config.n_positions:
+                raise BackpackError(f"sequence of {n_past + n_query} tokens exceeds the model's {config.n_positions} "
+                                    "positions")
+        elif checked and int(position_ids.max()) >= config.n_positions:  # a padded cache may be wider than that
+            raise BackpackError(f"position id {int(position_ids.max())} is out of range for the model's "
+                                f"{config.n_positions} positions")
 
         hidden = self.transformer(
             input_ids=input_ids,
