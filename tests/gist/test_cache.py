@@ -124,6 +124,11 @@ def test_file_round_trip_select_and_foreign_model(tmp_path):
     assert full.stored_positions.tolist() == [len(TOKENIZER.encode(f"Instruction: {e.instruction}\n")) + K
                                               for e in EXAMPLES]
     assert (full.kv_bytes() / compressed.kv_bytes()).min() > 5
+    texts = compress_texts(model, TOKENIZER, [f"Instruction: {e.instruction}\n" + "<GIST>" * K for e in EXAMPLES],
+                           keep="all")  # the same prompts as raw text: the same stored prefixes
+    assert texts.keep == "all" and texts.stored_positions.tolist() == full.stored_positions.tolist()
+    assert all(torch.allclose(a[0], b[0], atol=1e-6) and torch.allclose(a[1], b[1], atol=1e-6)
+               for a, b in zip(texts.layers, full.layers))
 
 
 def test_instruction_cache_of_mixed_lengths_near_the_position_limit():

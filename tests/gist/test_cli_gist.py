@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from backpacklm.gist.cache import load_compressed
 from backpacklm.model.loading import load_model
 from tests.gist.cli_checks import check_compress_and_generate_reject_bad_prompts
 from tests.helpers import run_cli
@@ -55,6 +56,16 @@ def test_compress_generate_eval_bench(trained, tmp_path, capsys):
                              "--out", tmp_path / "c.safetensors")
     assert code == 0, err
     assert "compressed 2 prompt(s) into 2 gist token(s)" in out
+    prompt = "Instruction: sort the letters\n<GIST><GIST>"  # a raw prompt with --keep all stores its whole prefix
+    code, out, err = run_cli(capsys, "gist", "compress", "--model", model_dir, "--prompt", prompt, "--keep", "all",
+                             "--out", tmp_path / "all.safetensors")
+    assert code == 0, err
+    stored = load_compressed(tmp_path / "all.safetensors")
+    assert stored.keep == "all" and stored.stored_positions.tolist() == [len("Instruction: sort the letters\n") + 2]
+    code, out, err = run_cli(capsys, "gist", "compress", "--model", model_dir, "--prompt", prompt, "--gists", "1",
+                             "--out", tmp_path / "g.safetensors")
+    assert code == 2 and err.count("\n") == 1 and "--gists applies to --instructions only" in err
+    assert not (tmp_path / "g.safetensors").exists()
     code, out, err = run_cli(capsys, "gist", "generate", "--model", model_dir, "--compressed", tmp_path / "c.safetensors",
                              "--data", data, "--max-new-tokens", "5", "--out", tmp_path / "gen")
     assert code == 0, err

@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--instructions", help="Alpaca-format JSON (its distinct instructions are compressed)")
     source.add_argument("--prompt", action="append", help="raw prompt text ending with its <GIST> tokens (repeatable)")
-    p.add_argument("--gists", type=positive_int, default=None, help="k (default: the model's)")
+    p.add_argument("--gists", type=positive_int, default=None,
+                   help="k, with --instructions (default: the model's; a --prompt carries its own <GIST> tokens)")
     p.add_argument("--keep", default="gists", choices=["gists", "all"], help="all: store the whole prefix instead")
     p.add_argument("--out", required=True, help="compressed-prompt file (.safetensors)")
     p.add_argument("--batch-size", type=positive_int, default=16)
@@ -105,10 +106,12 @@ def run_compress(args) -> None:
     from ..gist.cache import compress, compress_texts
     from ..gist.data import load_examples
 
+    if args.prompt and args.gists is not None:
+        raise BackpackError("--gists applies to --instructions only: a --prompt ends with its own <GIST> tokens")
     check_output_file(args.out)
     model, tokenizer = _load(args.model)
     if args.prompt:
-        compressed = compress_texts(model, tokenizer, args.prompt, args.batch_size)
+        compressed = compress_texts(model, tokenizer, args.prompt, args.batch_size, args.keep)
     else:
         instructions = list(dict.fromkeys(e.instruction for e in load_examples(args.instructions, require_output=False)))
         compressed = compress(model, tokenizer, instructions, args.gists, args.keep, args.batch_size)

@@ -269,11 +269,12 @@ def compress(model, tokenizer, instructions: list[str], num_gists: int | None = 
     return compress_ids(model, prompts, _gist_id(model, tokenizer), keep, batch_size, list(instructions))
 
 
-def compress_texts(model, tokenizer, texts: list[str], batch_size: int = 16) -> CompressedPrompts:
-    """Compress raw prompt texts that end with their `<GIST>` tokens (e.g. "Instruction: ...\\n<GIST><GIST>")."""
+def compress_texts(model, tokenizer, texts: list[str], batch_size: int = 16, keep: str = "gists") -> CompressedPrompts:
+    """Compress raw prompt texts that end with their `<GIST>` tokens (e.g. "Instruction: ...\\n<GIST><GIST>");
+    `keep` as in `compress_ids`."""
     gist_id = _gist_id(model, tokenizer)
     prompts = [encode_strict(tokenizer, text) for text in texts]
-    return compress_ids(model, prompts, gist_id, "gists", batch_size, list(texts))
+    return compress_ids(model, prompts, gist_id, keep, batch_size, list(texts))
 
 
 @dataclass
