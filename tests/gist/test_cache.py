@@ -150,3 +150,41 @@ def test_instruction_cache_of_mixed_lengths_near_the_position_limit():
     assert (cached.logits[:, -1] - uncached.logits[:, -1]).abs().max() < 1e-5
     with pytest.raises(BackpackError, match="position id 90 is out of range for the model's 90 positions"):
         model(input_ids=torch.zeros(1, 2, dtype=torch.long), position_ids=torch.tensor([[89, 90]]))
+
+
+def test_prefills_with_logits_to_keep_1_run_the_lm_head_once(model):
+    """logits_to_keep=1 gives the last position's logits (all that decoding needs), equal to the full prefill's, and
+    saves the LM head's 2 d V FLOPs at every other position."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    eos, gist_id = TOKENIZER.eos_token_id, gist_token_id(TOKENIZER)
+    encoded = [encode_example(TOKENIZER, e, K, with_output=False) for e in EXAMPLES]
+    prompts, tails = [e.input_ids for e in encoded], [e.input_ids[e.gist_end:] for e in encoded]
+    compressed = compress(model, TOKENIZER, [e.instruction for e in EXAMPLES])
+    d = model.get_input_embeddings().weight.shape[1]
+    for run in (lambda keep: prefill_uncached(model, prompts, gist_id, "gist", eos, logits_to_keep=keep),
+                lambda keep: prefill_compressed(model, compressed, tails, eos, logits_to_keep=keep)):
+        counted = {}
+        for keep in (0, 1):
+            with FlopCounterMode(display=False) as counter:
+                counted[keep] = (run(keep), counter.get_total_flops())
+        (full, all_flops), (last, last_flops) = counted[0], counted[1]
+        assert last.logits.shape == (len(EXAMPLES), 1, V) and full.logits.shape[1] > 1
+        assert (last.logits[:, 0] - full.logits[:, -1]).abs().max() < 1e-5
+        saved = all_flops - last_flops
+        assert saved == 2 * d * V * len(EXAMPLES) * (full.logits.shape[1] - 1)
+
+
+def test_measure_savings_times_prefills_of_the_last_logits(monkeypatch):
+    """The timed prefills compute what the FLOP count assumes: the LM head at the last position only."""
+    import backpacklm.gist.savings as savings
+
+    widths = []
+    for name in ("prefill_uncached", "prefill_compressed"):
+        def spy(*args, real=getattr(savings, name), **kwargs):
+            state = real(*args, **kwargs)
+            widths.append(state.logits.shape[1])
+            return state
+        monkeypatch.setattr(savings, name, spy)
+    savings.measure_savings(make("gpt2"), TOKENIZER, EXAMPLES, batch_sizes=(2,), new_tokens=2, repeats=1)
+    assert len(widths) >= 9 and set(widths) == {1}

@@ -281,7 +281,8 @@ def compress_texts(model, tokenizer, texts: list[str], batch_size: int = 16, kee
 class PrefilledBatch:
     """The state after reading the prompts, ready to decode.
 
-    logits: [batch, pos, vocab] of the tokens just read (left-padded; pos = the longest row).
+    logits: [batch, pos, vocab] of the tokens just read (left-padded; pos = the longest row), or [batch, 1, vocab]
+        of the last token only when prefilled with logits_to_keep=1 (all that decoding needs).
     padding_mask: [batch, pos] True on real tokens.
     cache: the KV cache (prefix + the tokens read).
     key_valid: [batch, keys] bool: which cached keys later tokens may see.
@@ -297,10 +298,11 @@ class PrefilledBatch:
 
 @torch.no_grad()
 def prefill_compressed(model, compressed: CompressedPrompts, tails: list[list[int]], pad_id: int,
-                       see_prefix: bool = True) -> PrefilledBatch:
+                       see_prefix: bool = True, logits_to_keep: int = 0) -> PrefilledBatch:
     """Read `tails[b]` after compressed prompt b: positions continue from its end; the tail sees the stored prefix
-    (unless `see_prefix` is False: the neg_control condition) and its own earlier tokens. (T5: `tails` are input
-    segments, see `t5.t5_prefill_compressed`.)"""
+    (unless `see_prefix` is False: the neg_control condition) and its own earlier tokens. logits_to_keep: logits of
+    the last n positions only (0: all). (T5: `tails` are input segments, see `t5.t5_prefill_compressed`; its logits
+    are the first target token's.)"""
     from .t5 import is_encoder_decoder, t5_prefill_compressed
 
     if is_encoder_decoder(model):
@@ -319,15 +321,16 @@ def prefill_compressed(model, compressed: CompressedPrompts, tails: list[list[in
     positions = padded_position_ids(padding, compressed.next_position.to(device))
     _check_positions(model, positions)
     out = model(input_ids=ids, attention_mask=to_additive(allowed, _dtype(model)), position_ids=positions,
-                cache=cache, use_cache=True)
+                cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
     return PrefilledBatch(out.logits, padding, out.cache, torch.cat([valid, padding], dim=1),
                           positions[:, -1] + 1)
 
 
 @torch.no_grad()
-def prefill_uncached(model, prompts: list[list[int]], gist_id: int | None, condition: str, pad_id: int) -> PrefilledBatch:
-    """Read whole prompts (instruction, gists, input) with the condition's mask: the no-caching path. (T5: the
-    prompts are sources, see `t5.t5_prefill_uncached`.)"""
+def prefill_uncached(model, prompts: list[list[int]], gist_id: int | None, condition: str, pad_id: int,
+                     logits_to_keep: int = 0) -> PrefilledBatch:
+    """Read whole prompts (instruction, gists, input) with the condition's mask: the no-caching path; logits_to_keep
+    as in `prefill_compressed`. (T5: the prompts are sources, see `t5.t5_prefill_uncached`.)"""
     from .t5 import is_encoder_decoder, t5_prefill_uncached
 
     if is_encoder_decoder(model):
@@ -339,7 +342,7 @@ def prefill_uncached(model, prompts: list[list[int]], gist_id: int | None, condi
     positions = padded_position_ids(padding)
     _check_positions(model, positions)
     out = model(input_ids=ids, attention_mask=to_additive(allowed, _dtype(model)), position_ids=positions,
-                cache=DynamicCache(), use_cache=True)
+                cache=DynamicCache(), use_cache=True, logits_to_keep=logits_to_keep)
     # later tokens come after the last gist: they see what the prompt's last token sees
     return PrefilledBatch(out.logits, padding, out.cache, allowed[:, 0, -1], positions[:, -1] + 1)
 
@@ -407,7 +410,8 @@ def generate_from_compressed(model, tokenizer, compressed: CompressedPrompts, in
         raise BackpackError(f"{len(inputs)} inputs for {len(compressed)} compressed prompts")
     condition = condition or getattr(model.config, "gist_condition", "gist")
     tails = [tail_ids(model, tokenizer, text) for text in inputs]
-    state = prefill_compressed(model, compressed, tails, tokenizer.eos_token_id, see_prefix=condition != "neg_control")
+    state = prefill_compressed(model, compressed, tails, tokenizer.eos_token_id, see_prefix=condition != "neg_control",
+                               logits_to_keep=1)
     return decode(model, state, tokenizer.eos_token_id, sampling)
 
 

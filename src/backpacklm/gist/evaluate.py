@@ -50,7 +50,8 @@ def predict(model, tokenizer, examples: list[GistExample], condition: str | None
             ids = generate_from_compressed(model, tokenizer, compressed, [e.input for e in chunk], sampling, condition)
         else:
             prompts = [prompt_ids(model, tokenizer, e, k) for e in chunk]
-            ids = decode(model, prefill_uncached(model, prompts, gist_id, condition, eos), eos, sampling)
+            state = prefill_uncached(model, prompts, gist_id, condition, eos, logits_to_keep=1)
+            ids = decode(model, state, eos, sampling)
         outputs += [decode_completion(tokenizer, row) for row in ids]
     return outputs
 
