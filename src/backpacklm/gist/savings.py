@@ -13,7 +13,7 @@ embeddings, P_x the decoder's cross-attention key/value projections) the post-in
 the n new source tokens (each reads all c + n positions) and the first decoder step, whose cross-attention projects
 and reads all c + n encoder outputs:
     2 P_enc n + 2 L_enc (2 inner) n (c + n)  +  2 (P_dec - P_x) + 2 P_x (c + n) + 2 L_dec (2 inner) (1 + c + n)  +  2 d V
-Wall times are medians over repeats of time to first token (the prefill, its LM head at the last position only,
+Wall times are medians over repeats (the three methods take turns in each round) of time to first token (the prefill, its LM head at the last position only,
 and the first token's choice) and per generated token (later single-token steps), on this machine.
 """
 
@@ -131,15 +131,17 @@ def _bytes(n: float) -> str:
     return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n:.0f} B"
 
 
-def _median_ms(fn, repeats: int, setup=None) -> float:
-    """Median wall time of fn() (or fn(setup()), the setup untimed) over `repeats` calls, in milliseconds."""
-    times = []
+def _interleaved_medians(fns: dict, repeats: int, setups: dict | None = None) -> dict[str, float]:
+    """{name: median wall time (ms) of fn() or fn(setup()), the setup untimed} over `repeats` rounds; each round runs
+    every fn once in turn, so a busy spell on the machine falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        args = (setup(),) if setup else ()
-        start = time.perf_counter()
-        fn(*args)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+        for name, fn in fns.items():
+            args = (setups[name](),) if setups else ()
+            start = time.perf_counter()
+            fn(*args)
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 @torch.no_grad()
@@ -175,13 +177,15 @@ def measure_savings(model, tokenizer, examples: list[GistExample], batch_sizes=(
             "gist_cache": lambda: prefill_compressed(model, gists.select(rows), [tails[i] for i in rows], eos,
                                                      logits_to_keep=1),
         }
-        for method in METHODS:
-            prefill = runs[method]
+        for prefill in runs.values():
             prefill()  # warm-up
-            ttft = _median_ms(lambda: prefill().logits[:, -1].argmax(-1), repeats)
-            decode_ms = _median_ms(lambda state: decode(model, state, -1, never), repeats, setup=prefill)
+        ttft = _interleaved_medians({m: (lambda run=run: run().logits[:, -1].argmax(-1)) for m, run in runs.items()},
+                                    repeats)
+        decode_ms = _interleaved_medians({m: (lambda state: decode(model, state, -1, never)) for m in runs}, repeats,
+                                         setups=runs)
+        for method in METHODS:
             report.timings.append(MethodTiming(
-                method, len(rows), ttft, decode_ms / max(new_tokens - 1, 1),
+                method, len(rows), ttft[method], decode_ms[method] / max(new_tokens - 1, 1),
                 stored_positions={"no_cache": 0.0, "instruction_cache": float(full.stored_positions[rows].float().mean()),
                                   "gist_cache": float(k)}[method],
                 stored_kv_bytes=statistics.fmean(kv[method][i] for i in rows),
