@@ -89,6 +89,8 @@ def test_alpaca_loading_errors_and_left_padded_batches(tmp_path):
                                 {"instruction": "count the letters", "output": "2"}]))
     examples = load_examples(good)
     assert examples[1] == GistExample("count the letters", "", "2")
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + good.read_bytes())  # saved by a Windows editor
+    assert load_examples(tmp_path / "bom.json") == examples
     for content, message in [
         ([{"input": "x", "output": "y"}], "record 0 has no string field 'instruction'"),
         ([{"instruction": "sort"}], "record 0 has no string field 'output'"),

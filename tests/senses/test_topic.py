@@ -30,6 +30,8 @@ def test_topic_file_words_and_errors(tmp_path, setup):
     path = tmp_path / "royal.txt"
     path.write_text("king\n\n crown \nking\r\nzzqx\n", encoding="utf-8")
     assert read_topic_words(path) == ["king", "crown", "zzqx"]
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # a byte order mark is not a word
+    assert read_topic_words(tmp_path / "bom.txt") == ["king", "crown", "zzqx"]
     topic = load_topic(path, tokenizer, model.config.vocab_size)
     assert topic.name == "royal"
     assert topic.target_ids == sorted({word_ids(tokenizer, w)[0] for w in ("king", "crown", "zzqx")})

@@ -51,7 +51,7 @@ def _read_lines(path: str, what: str) -> list[str]:
     from ..errors import BackpackError
 
     try:
-        lines = [line.strip() for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
+        lines = [line.strip() for line in open(path, encoding="utf-8-sig").read().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise BackpackError(f"cannot read {what} file {path}: {err}") from None
     if not lines:

@@ -24,7 +24,7 @@ def load_examples(path: str | Path, require_output: bool = True) -> list[GistExa
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark is dropped
     except (OSError, UnicodeDecodeError) as err:
         raise BackpackError(f"cannot read instruction file {path}: {err}") from None
     try:

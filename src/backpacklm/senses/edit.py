@@ -82,7 +82,7 @@ def load_edits(path: str | Path) -> list[SenseEdit]:
     if path.is_dir():
         path = path / EDITS_FILE
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))["edits"]
+        items = json.loads(path.read_text(encoding="utf-8-sig"))["edits"]
         edits = [SenseEdit(str(e["word"]), str(e["from"]), str(e["to"])) for e in items]
     except OSError as err:
         raise BackpackError(f"{path}: cannot read edits ({err.strerror})") from None

@@ -64,7 +64,7 @@ def read_topic_words(path: str | Path) -> list[str]:
     """Words of a topic file: one per line, blank lines and repeats dropped. No words -> BackpackError."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte order mark is dropped
     except FileNotFoundError:
         raise BackpackError(f"topic file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
