@@ -11,7 +11,7 @@ from transformers import BloomConfig, BloomForCausalLM
 from backpacklm.data.tokenizers import build_char_tokenizer
 from backpacklm.worlds.icl_tasks import icl_corpus
 
-from ..helpers import run_cli
+from ..helpers import cli_error, run_cli
 from .models import ARCHS, MODEL_CLASSES, tiny_config
 from backpacklm.model.transformer import build_model
 
@@ -86,11 +86,15 @@ def test_bad_input_is_one_line_exit_2(model_dirs, tmp_path, capsys):
           "--out", tmp_path], "out of range"),
         (["heads", "importance", "--model", model, "--out", tmp_path], "give a task"),
         (["heads", "prune", "--model", model, "--builtin", "copy", "--grid", "--no-ffn", "--out", tmp_path], "--grid"),
+        (["heads", "induction", "--model", model, "--exclude", "0.1", "--out", tmp_path], "--exclude needs --data"),
     ]
     for argv, message in cases:
         code, out, err = run_cli(capsys, *argv)
         assert code == 2, (argv, err)
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    # importance scores the gold continuation's loss: there is no choice scoring to length-normalize
+    assert "unrecognized arguments: --length-normalize" in cli_error(
+        capsys, "heads", "importance", "--model", model, "--builtin", "copy", "--length-normalize", "token", "--out", tmp_path)
 
 
 def test_prune_transfer_uses_each_tasks_own_shots(model_dirs, tmp_path, capsys):

@@ -30,7 +30,7 @@ def _int_list(text: str) -> list[int]:
         raise BackpackError(f"'{text}' is not a comma-separated list of integers") from None
 
 
-def _model_args(p, task: bool = True) -> None:
+def _model_args(p, task: bool = True, choice_scoring: bool = True) -> None:
     p.add_argument("--model", required=True, help="model directory or training run directory (any supported HF causal LM)")
     p.add_argument("--out", required=True, help="folder for the JSON results and PNGs")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (ignored with --device-map)")
@@ -43,6 +43,7 @@ def _model_args(p, task: bool = True) -> None:
         p.add_argument("--n", type=positive_int, default=200, help="evaluation examples of a built-in task")
         p.add_argument("--k", type=non_negative_int, default=None, help="shots (default: 0, or the built-in task's own default)")
         p.add_argument("--batch-size", type=positive_int, default=8)
+    if task and choice_scoring:  # accuracy-based commands; importance scores the gold continuation's loss instead
         p.add_argument("--length-normalize", default="none", choices=["none", "token", "char"],
                        help="multiple choice: score per token / per character")
 
@@ -57,7 +58,7 @@ def register(subparsers) -> None:
     sub = heads.add_subparsers(dest="heads_command", required=True)
 
     p = sub.add_parser("importance", help="head importance on a task (Bansal et al. eq. 8-9)")
-    _model_args(p)
+    _model_args(p, choice_scoring=False)
     _masks_args(p)
     p.add_argument("--method", default="token", choices=["token", "gate"],
                    help="token: per-token |a.dL/da| (paper); gate: per-example |dL/dg| (Michel et al.)")
@@ -85,7 +86,8 @@ def register(subparsers) -> None:
     _model_args(p, task=False)
     p.add_argument("--data", default=None, help="prepared data folder: its token counts exclude the most and least "
                                                 "frequent tokens from the probes")
-    p.add_argument("--exclude", type=float, default=0.04, help="fraction excluded at each end of the frequency ranking")
+    p.add_argument("--exclude", type=float, default=None,
+                   help="with --data: fraction excluded at each end of the frequency ranking (default 0.04)")
     p.add_argument("--lengths", default="10,16,25", help="lengths of the random blocks (each repeated 4 times)")
     p.add_argument("--sequences", type=positive_int, default=8, help="probe sequences per length")
     p.add_argument("--repeats", type=int, default=4)
@@ -293,6 +295,8 @@ def run_induction(args) -> None:
     head_percents = _percent_list(args.head_percents)
     model, tokenizer = _load(args)
     counts = None
+    if args.exclude is not None and not args.data:
+        raise BackpackError("--exclude needs --data (the token counts it ranks by)")
     if args.data:
         from ..data.dataset import TokenData
 
@@ -310,7 +314,8 @@ def run_induction(args) -> None:
 
         importance = HeadImportance.load(args.importance, adapter_for(model).shape).scores
     scores = induction_scores(model, tokenizer, lengths=lengths, sequences_per_length=args.sequences,
-                              repeats=args.repeats, seed=args.seed, token_counts=counts, exclude=args.exclude,
+                              repeats=args.repeats, seed=args.seed, token_counts=counts,
+                              exclude=0.04 if args.exclude is None else args.exclude,
                               progress=not args.no_progress)
     out = Path(args.out)
     if importance is not None:
