@@ -59,11 +59,22 @@ def mean_across(env: Distributed, value: float) -> float:
     return tensor.item() / env.world_size
 
 
-def gather_rng_states(env: Distributed) -> list[torch.Tensor]:
-    """Every rank's torch random state (the dropout stream), indexed by rank; called on all ranks together."""
-    state = torch.get_rng_state()
-    if not env.enabled:
-        return [state]
-    states: list = [None] * env.world_size
-    dist.all_gather_object(states, state)
-    return states
+def gather_rng_states(env: Distributed) -> dict[str, torch.Tensor]:
+    """Every rank's dropout stream: `rng.torch.{rank}` (CPU generator) and, on a GPU, `rng.cuda.{rank}` (that
+    device's generator, which drives dropout there). Called on all ranks together."""
+    local = {"torch": torch.get_rng_state()}
+    if env.device.startswith("cuda"):
+        local["cuda"] = torch.cuda.get_rng_state(env.device).cpu()
+    states: list = [local]
+    if env.enabled:
+        states = [None] * env.world_size
+        dist.all_gather_object(states, local)
+    return {f"rng.{name}.{rank}": state for rank, per_rank in enumerate(states) for name, state in per_rank.items()}
+
+
+def restore_rng_states(env: Distributed, saved: dict[str, torch.Tensor]) -> None:
+    """Sets this rank's generators from `gather_rng_states`' keys (CUDA's only where saved and running on a GPU)."""
+    torch.set_rng_state(saved[f"rng.torch.{env.rank}"])
+    cuda_key = f"rng.cuda.{env.rank}"
+    if cuda_key in saved and env.device.startswith("cuda"):
+        torch.cuda.set_rng_state(saved[cuda_key], env.device)

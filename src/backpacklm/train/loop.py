@@ -258,7 +258,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         generator.set_state(extra["rng.data"])
         saved_ranks = sum(key.startswith("rng.torch.") for key in extra)
         if saved_ranks == env.world_size:
-            torch.set_rng_state(extra[f"rng.torch.{env.rank}"])
+            distributed.restore_rng_states(env, extra)
         elif env.is_main:  # the dropout streams cannot continue; the run still resumes (not bit for bit)
             print(f"note: {checkpoint.name} was trained with {saved_ranks} process(es), this run has "
                   f"{env.world_size}: dropout streams restart from the seed", flush=True)
@@ -281,7 +281,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
 
     def checkpoint_now(val_loss: float | None):
         rng = {"rng.data": generator.get_state()}
-        rng.update({f"rng.torch.{rank}": state for rank, state in enumerate(distributed.gather_rng_states(env))})
+        rng.update(distributed.gather_rng_states(env))
         if env.is_main:
             save_checkpoint(
                 run_dir, step, model, data.tokenizer, optimizer,
