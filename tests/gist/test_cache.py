@@ -100,6 +100,21 @@ def test_greedy_generation_cached_equals_uncached(model):
     assert sampled == again
 
 
+def test_a_sampled_example_does_not_depend_on_its_batch(model):
+    """Each row draws from its own (seed, row index) stream: generating the four examples in one batch, or one at a
+    time with their run index, gives the same samples (greedy would pass trivially, so sample with temperature 2)."""
+    compressed = compress(model, TOKENIZER, [e.instruction for e in EXAMPLES])
+    inputs = [e.input for e in EXAMPLES]
+    sampling = SamplingConfig(max_new_tokens=6, do_sample=True, temperature=2.0, seed=5)
+    together = generate_from_compressed(model, TOKENIZER, compressed, inputs, sampling)
+    alone = [generate_from_compressed(model, TOKENIZER, compressed.select([i]), [inputs[i]], sampling, first_row=i)[0]
+             for i in range(len(EXAMPLES))]
+    assert together == alone
+    shifted = generate_from_compressed(model, TOKENIZER, compressed.select([1]), [inputs[1]], sampling)[0]
+    other_seed = generate_from_compressed(model, TOKENIZER, compressed, inputs, SamplingConfig(6, True, 2.0, 0, 6))
+    assert shifted != together[1] and other_seed != together  # the stream does depend on the row and the seed
+
+
 def test_file_round_trip_select_and_foreign_model(tmp_path):
     model = make("backpack")
     compressed = compress(model, TOKENIZER, [e.instruction for e in EXAMPLES])

@@ -145,7 +145,7 @@ def run_generate(args) -> None:
     for start in range(0, len(pairs), args.batch_size):
         chunk = pairs[start:start + args.batch_size]
         ids = generate_from_compressed(model, tokenizer, compressed.select([i for i, _, _ in chunk]),
-                                       [text for _, _, text in chunk], sampling)
+                                       [text for _, _, text in chunk], sampling, first_row=start)
         results += [{"instruction": instr, "input": text, "output": decode_completion(tokenizer, row)}
                     for (_, instr, text), row in zip(chunk, ids)]
     for r in results:

@@ -349,7 +349,9 @@ def prefill_uncached(model, prompts: list[list[int]], gist_id: int | None, condi
 
 @dataclass
 class SamplingConfig:
-    """Greedy when do_sample is False; else softmax(logits / temperature) restricted to the top_k ids (0: all)."""
+    """Greedy when do_sample is False; else softmax(logits / temperature) restricted to the top_k ids (0: all).
+    Each row samples from its own stream, seeded by (seed, the row's index in the whole run): an example's sample
+    does not depend on the batch it lands in."""
 
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -363,20 +365,22 @@ class SamplingConfig:
 
 
 @torch.no_grad()
-def decode(model, state: PrefilledBatch, eos_id: int, sampling: SamplingConfig = SamplingConfig()) -> list[list[int]]:
+def decode(model, state: PrefilledBatch, eos_id: int, sampling: SamplingConfig = SamplingConfig(),
+           first_row: int = 0) -> list[list[int]]:
     """Generate from a prefilled batch; each row stops at end-of-text (included), after max_new_tokens, or at the
-    model's last position. (T5: `t5.t5_decode`.)"""
+    model's last position. first_row: the batch's first row's index in the run (sampling streams).
+    (T5: `t5.t5_decode`.)"""
     from .t5 import T5Prefilled, t5_decode
 
     if isinstance(state, T5Prefilled):
-        return t5_decode(model, state, eos_id, sampling)
-    generator = torch.Generator(device=state.logits.device).manual_seed(sampling.seed)
+        return t5_decode(model, state, eos_id, sampling, first_row)
     batch = state.logits.shape[0]
+    generators = row_generators(sampling, first_row, batch)
     logits, cache, key_valid, position = state.logits[:, -1], state.cache, state.key_valid, state.next_position
     done = torch.zeros(batch, dtype=torch.bool, device=logits.device)
     out: list[list[int]] = [[] for _ in range(batch)]
     for step in range(sampling.max_new_tokens):
-        token = choose_next(logits.float(), sampling, generator)
+        token = choose_next(logits.float(), sampling, generators)
         token = torch.where(done, torch.full_like(token, eos_id), token)
         for b in torch.nonzero(~done).flatten().tolist():
             out[b].append(int(token[b]))
@@ -392,27 +396,40 @@ def decode(model, state: PrefilledBatch, eos_id: int, sampling: SamplingConfig =
     return out
 
 
-def choose_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
-    """Next token ids [batch] from logits [batch, vocab]: argmax, or a sample (see `SamplingConfig`)."""
+def row_generators(sampling: SamplingConfig, first_row: int, batch: int) -> list[torch.Generator] | None:
+    """One random stream per row, seed * 1_000_003 + the row's index in the run (None when greedy)."""
+    if not sampling.do_sample:
+        return None
+    return [torch.Generator().manual_seed(sampling.seed * 1_000_003 + first_row + b) for b in range(batch)]
+
+
+def choose_next(logits: torch.Tensor, sampling: SamplingConfig,
+                generators: list[torch.Generator] | None) -> torch.Tensor:
+    """Next token ids [batch] from logits [batch, vocab]: argmax, or row b sampled with generators[b] (see
+    `SamplingConfig`)."""
     if not sampling.do_sample:
         return logits.argmax(dim=-1)
     logits = logits / max(sampling.temperature, 1e-6)
     if sampling.top_k:
         threshold = logits.topk(min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < threshold, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+    probs = logits.softmax(dim=-1).cpu()
+    tokens = [torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)]
+    return torch.cat(tokens).to(logits.device)
 
 
 def generate_from_compressed(model, tokenizer, compressed: CompressedPrompts, inputs: list[str],
-                             sampling: SamplingConfig = SamplingConfig(), condition: str | None = None) -> list[list[int]]:
-    """Completion ids for input b after compressed prompt b (len(inputs) == len(compressed))."""
+                             sampling: SamplingConfig = SamplingConfig(), condition: str | None = None,
+                             first_row: int = 0) -> list[list[int]]:
+    """Completion ids for input b after compressed prompt b (len(inputs) == len(compressed)); first_row: the first
+    input's index in the run, when a run is generated in batches (sampling streams, see `SamplingConfig`)."""
     if len(inputs) != len(compressed):
         raise BackpackError(f"{len(inputs)} inputs for {len(compressed)} compressed prompts")
     condition = condition or getattr(model.config, "gist_condition", "gist")
     tails = [tail_ids(model, tokenizer, text) for text in inputs]
     state = prefill_compressed(model, compressed, tails, tokenizer.eos_token_id, see_prefix=condition != "neg_control",
                                logits_to_keep=1)
-    return decode(model, state, tokenizer.eos_token_id, sampling)
+    return decode(model, state, tokenizer.eos_token_id, sampling, first_row)
 
 
 def prompt_ids(model, tokenizer, example: GistExample, num_gists: int) -> list[int]:

@@ -36,7 +36,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from ..data.tokenizers import encode_strict
 from ..data.batching import pad_rows
 from ..errors import BackpackError
-from .cache import CompressedPrompts, SamplingConfig, choose_next
+from .cache import CompressedPrompts, SamplingConfig, choose_next, row_generators
 from .layout import (
     IGNORE, INPUT_TEMPLATE, GistExample, check_example, check_no_gist, eos_id, encode_instruction,
 )
@@ -266,17 +266,18 @@ def t5_prefill_compressed(model, compressed: CompressedPrompts, segments: list[l
 
 
 @torch.no_grad()
-def t5_decode(model, state: T5Prefilled, eos_id: int, sampling: SamplingConfig = SamplingConfig()) -> list[list[int]]:
+def t5_decode(model, state: T5Prefilled, eos_id: int, sampling: SamplingConfig = SamplingConfig(),
+              first_row: int = 0) -> list[list[int]]:
     """Generate target ids from a prefilled batch, as `cache.decode`: each row stops at end-of-text (included) or
     after max_new_tokens."""
-    generator = torch.Generator(device=state.logits.device).manual_seed(sampling.seed)
     batch = state.logits.shape[0]
+    generators = row_generators(sampling, first_row, batch)
     logits, cache = state.logits[:, -1], state.cache
     done = torch.zeros(batch, dtype=torch.bool, device=logits.device)
     out: list[list[int]] = [[] for _ in range(batch)]
     for step in range(sampling.max_new_tokens):
         token = torch.where(done, torch.full_like(done, eos_id, dtype=torch.long),
-                            choose_next(logits.float(), sampling, generator))
+                            choose_next(logits.float(), sampling, generators))
         for b in torch.nonzero(~done).flatten().tolist():
             out[b].append(int(token[b]))
         done |= token == eos_id
