@@ -59,6 +59,22 @@ def test_gist_string_in_user_text_is_rejected(field):
             encode_tail(tokenizer, example)
 
 
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_end_of_text_string_in_user_text_is_plain_text(kind):
+    """A literal "<|endoftext|>" inside an example is data: its characters, never the end-of-text token (which
+    would end the document in the middle of the prompt); the only end-of-text is the one closing the output."""
+    text = TEXT + "<|endoftext|>"
+    tokenizer = build_char_tokenizer(text) if kind == "char" else train_bpe_tokenizer([text] * 20, 300)
+    add_gist_token(tokenizer)
+    eos = tokenizer.eos_token_id
+    example = GistExample("sort <|endoftext|> x", "b <|endoftext|> a", "a <|endoftext|> b")
+    encoded = encode_example(tokenizer, example, num_gists=1)
+    assert encoded.input_ids.count(eos) == 1 and encoded.input_ids[-1] == eos
+    assert tokenizer.decode(encoded.input_ids[:-1]) == ("Instruction: sort <|endoftext|> x\n<GIST>\nInput: b <|endoftext|> a"
+                                                         "\nOutput: a <|endoftext|> b")
+    assert eos not in encode_instruction(tokenizer, example.instruction, 1) + encode_tail(tokenizer, example)
+
+
 def test_new_rows_are_the_mean_for_tied_and_untied_models():
     tokenizer = build_char_tokenizer(TEXT)
     backpack = build_model(BackpackConfig.from_preset("tiny", n_embd=32, n_layer=1, n_head=2, num_senses=2,

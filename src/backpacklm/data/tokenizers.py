@@ -188,10 +188,11 @@ def unknown_words(tokenizer: PreTrainedTokenizerFast, text: str) -> list[str]:
     return list(dict.fromkeys(piece.strip() or piece for piece in pieces if piece != unk))
 
 
-def encode_strict(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
-    """Token ids of `text` (no special tokens added), after `check_encodable`."""
+def encode_strict(tokenizer: PreTrainedTokenizerFast, text: str, specials_as_text: bool = False) -> list[int]:
+    """Token ids of `text` (no special tokens added), after `check_encodable`. specials_as_text: a special-token
+    string in the text (`<|endoftext|>`) is read as plain characters, not as that token (for data, not prompts)."""
     check_encodable(tokenizer, text)
-    return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=specials_as_text)
 
 
 def check_encodable(tokenizer: PreTrainedTokenizerFast, text: str) -> None:

@@ -7,8 +7,8 @@
 The prompt is encoded piece by piece (instruction part, gists, tail), so the gists are exact token ids whatever the
 tokenizer (character-level, byte-level BPE, any Hugging Face tokenizer) and the instruction part is a prefix of the
 prompt's ids: compressing it alone and then continuing with the tail gives the same ids as the whole prompt.
-The `<GIST>` string is reserved: instructions, inputs and outputs that contain it are rejected (`check_no_gist`),
-since the tokenizer would read it as one more gist token.
+The `<GIST>` string is reserved: instructions, inputs and outputs that contain it are rejected (`check_no_gist`).
+Other special-token strings in them (`<|endoftext|>`) are plain text (`encode_text`).
 """
 
 from __future__ import annotations
@@ -105,6 +105,12 @@ def eos_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Ids of a piece of the layout: user text is data, so `<|endoftext|>` or any other special-token string in it
+    is read as its plain characters (as `backpack data prepare` does), never as that token."""
+    return encode_strict(tokenizer, text, specials_as_text=True)
+
+
 def check_no_gist(text: str, what: str) -> None:
     """BackpackError if user text contains the reserved `<GIST>` string (it would be read as a gist token)."""
     if GIST_TOKEN in text:
@@ -122,12 +128,12 @@ def encode_example(tokenizer, example: GistExample, num_gists: int, with_output:
     """The example in the decoder-only layout (see module docstring). num_gists = 0 gives the plain prompt."""
     check_example(example)
     gist_id = gist_token_id(tokenizer) if num_gists else None
-    instruction = encode_strict(tokenizer, INSTRUCTION_TEMPLATE.format(instruction=example.instruction))
-    tail = encode_strict(tokenizer, _tail_text(example).removeprefix("\n") if num_gists == 0 else _tail_text(example))
+    instruction = encode_text(tokenizer, INSTRUCTION_TEMPLATE.format(instruction=example.instruction))
+    tail = encode_text(tokenizer, _tail_text(example).removeprefix("\n") if num_gists == 0 else _tail_text(example))
     prompt = instruction + [gist_id] * num_gists + tail
     completion = []
     if with_output:
-        completion = encode_strict(tokenizer, COMPLETION_TEMPLATE.format(output=example.output)) + [eos_id(tokenizer)]
+        completion = encode_text(tokenizer, COMPLETION_TEMPLATE.format(output=example.output)) + [eos_id(tokenizer)]
     return EncodedExample(
         input_ids=prompt + completion,
         labels=[IGNORE] * len(prompt) + completion,
@@ -140,7 +146,7 @@ def encode_example(tokenizer, example: GistExample, num_gists: int, with_output:
 def encode_tail(tokenizer, example: GistExample) -> list[int]:
     """Ids of the part after the gists ("\\nInput: ...\\nOutput:"), to continue a compressed prompt with."""
     check_no_gist(example.input, "input")
-    return encode_strict(tokenizer, _tail_text(example))
+    return encode_text(tokenizer, _tail_text(example))
 
 
 def _tail_text(example: GistExample) -> str:
@@ -150,7 +156,7 @@ def _tail_text(example: GistExample) -> str:
 def encode_instruction(tokenizer, instruction: str, num_gists: int) -> list[int]:
     """Ids of "Instruction: ...\\n" followed by k gists: what `compress` runs once."""
     check_no_gist(instruction, "instruction")
-    ids = encode_strict(tokenizer, INSTRUCTION_TEMPLATE.format(instruction=instruction))
+    ids = encode_text(tokenizer, INSTRUCTION_TEMPLATE.format(instruction=instruction))
     return ids + [gist_token_id(tokenizer)] * num_gists
 
 

@@ -33,12 +33,11 @@ from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from ..data.tokenizers import encode_strict
 from ..data.batching import pad_rows
 from ..errors import BackpackError
 from .cache import CompressedPrompts, SamplingConfig, choose_next, row_generators
 from .layout import (
-    IGNORE, INPUT_TEMPLATE, GistExample, check_example, check_no_gist, eos_id, encode_instruction,
+    IGNORE, INPUT_TEMPLATE, GistExample, check_example, check_no_gist, encode_instruction, encode_text, eos_id,
 )
 from .masks import CONDITIONS, gist_bounds, to_additive
 
@@ -64,14 +63,14 @@ def is_encoder_decoder(model) -> bool:
 def t5_encode_segment(tokenizer, input_text: str) -> list[int]:
     """Ids of the input segment: `\nInput: {input}` (nothing without input) + end-of-text."""
     check_no_gist(input_text, "input")
-    segment = encode_strict(tokenizer, INPUT_TEMPLATE.format(input=input_text)) if input_text else []
+    segment = encode_text(tokenizer, INPUT_TEMPLATE.format(input=input_text)) if input_text else []
     return segment + [eos_id(tokenizer)]
 
 
 def t5_encode_example(tokenizer, example: GistExample, num_gists: int, with_output: bool = True) -> T5Encoded:
     """Token ids of `example` in the T5 layout (see module docstring); without output the target is empty."""
     check_example(example)
-    target = encode_strict(tokenizer, example.output) + [eos_id(tokenizer)] if with_output else []
+    target = encode_text(tokenizer, example.output) + [eos_id(tokenizer)] if with_output else []
     return T5Encoded(encode_instruction(tokenizer, example.instruction, num_gists),
                      t5_encode_segment(tokenizer, example.input), target)
 
