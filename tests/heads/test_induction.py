@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import OPTForCausalLM
 
 from backpacklm.errors import BackpackError
 from backpacklm.heads import adapter_for
 from backpacklm.heads.induction import (
-    candidate_tokens, capacity_retained, induction_scores, induction_targets, repeated_loss, repeated_sequences,
+    _unembed, candidate_tokens, capacity_retained, induction_scores, induction_targets, repeated_loss,
+    repeated_sequences,
 )
 
-from .models import ARCHS, tiny_model
+from .models import ARCHS, D, tiny_config, tiny_model
 
 
 def test_targets_point_after_every_earlier_occurrence():
@@ -73,6 +75,39 @@ def test_scores_on_every_architecture(name):
         assert scores.copying is None  # the trunk does not write the logits
     else:
         assert ((scores.copying >= 0) & (scores.copying <= 1 + 1e-6)).all()
+
+
+def _opt(**overrides):
+    torch.manual_seed(0)
+    config = tiny_config("opt")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return OPTForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("name", [a for a in ARCHS if a != "backpack"] + ["opt_projected"])
+def test_unembedding_path_reproduces_the_models_logits(name):
+    """The copying score's W_U norm(.) is the model's own last step: applied to the residual stream that enters the
+    final norm it gives the model's logits (OPT with word_embed_proj_dim < d goes through project_out)."""
+    model = _opt(word_embed_proj_dim=D // 2) if name == "opt_projected" else tiny_model(name)
+    adapter = adapter_for(model)
+    stream = {}
+    hook = adapter.to_logits_input()[0].register_forward_pre_hook(lambda module, args: stream.update(x=args[0]))
+    with torch.no_grad():
+        logits = model(torch.arange(1, 9).view(1, 8)).logits
+        hook.remove()
+        torch.testing.assert_close(_unembed(model, adapter)(stream["x"]), logits, atol=1e-5, rtol=1e-5)
+    if name == "opt_projected":
+        scores = induction_scores(model, lengths=(4,), sequences_per_length=2, progress=False)
+        assert ((scores.copying >= 0) & (scores.copying <= 1 + 1e-6)).all()
+
+
+def test_post_layer_norm_opt_has_no_copying_score():
+    """OPT-350m's layout (post-LN, no final norm): no direct path from a head to the logits, so copying is None."""
+    model = _opt(do_layer_norm_before=False, word_embed_proj_dim=D // 2)
+    assert adapter_for(model).to_logits_input() is None
+    scores = induction_scores(model, lengths=(4,), sequences_per_length=2, progress=False)
+    assert scores.copying is None and scores.prefix_matching.shape == (2, 4)
 
 
 def test_capacity_retained_and_errors(tmp_path):

@@ -28,6 +28,7 @@ class ArchSpec:
     value: str           # module whose output holds the value vectors (see `value_layout`)
     value_layout: str    # "gpt2_qkv" (q|k|v concatenated), "separate" (v only, maybe fewer kv heads), "neox_qkv"
     final_norm: str | None  # model-level norm before the unembedding; None if the trunk does not write the logits
+    final_proj: str | None = None  # projection between that norm and the unembedding, where the model may have one
 
 
 GPT2_LAYOUT = ArchSpec("transformer.h", "attn", "attn.c_proj", "mlp", "attn.c_attn", "gpt2_qkv", "transformer.ln_f")
@@ -37,8 +38,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt2": GPT2_LAYOUT,  # GPT2LMHeadModel, also our `--arch transformer`
     # our Backpack: a GPT-2 trunk whose output only weights the sense vectors, so no direct path to the logits
     "backpack": ArchSpec("transformer.h", "attn", "attn.c_proj", "mlp", "attn.c_attn", "gpt2_qkv", None),
+    # OPT: no final norm when post-LN (do_layer_norm_before=False, OPT-350m); project_out when word_embed_proj_dim < d
     "opt": ArchSpec("model.decoder.layers", "self_attn", "self_attn.out_proj", "fc2", "self_attn.v_proj", "separate",
-                    "model.decoder.final_layer_norm"),
+                    "model.decoder.final_layer_norm", "model.decoder.project_out"),
     "llama": LLAMA_LAYOUT,
     "mistral": LLAMA_LAYOUT,
     "qwen2": LLAMA_LAYOUT,
@@ -112,8 +114,14 @@ class HeadAdapter:
         bias = proj.forward(torch.zeros(1, H * dh, device=vectors.device, dtype=vectors.dtype))[0]  # no hooks
         return proj.forward(spread) - bias
 
-    def final_norm(self) -> nn.Module | None:
-        return None if self.spec.final_norm is None else _get(self.model, self.spec.final_norm)
+    def to_logits_input(self) -> list[nn.Module] | None:
+        """Modules from the residual stream to the output embedding's input (final norm, then any projection), or
+        None when the stream has no such direct path (our Backpack; a post-LN OPT with no final norm)."""
+        norm = None if self.spec.final_norm is None else _get(self.model, self.spec.final_norm)
+        if norm is None:
+            return None
+        proj = None if self.spec.final_proj is None else _get(self.model, self.spec.final_proj)
+        return [norm] if proj is None else [norm, proj]
 
     def check_head(self, layer: int, head: int) -> None:
         if not (0 <= layer < self.num_layers and 0 <= head < self.num_heads):

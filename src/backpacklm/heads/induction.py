@@ -11,12 +11,13 @@ prefix matching (head h): for every query position q in repeats 2..R (its token 
     model runs with eager attention during the measurement.
 copying (head h): at the position k the induction pattern points to (right after the previous occurrence of q's
     token; it holds the token t that comes next), take head h's value vector v_k there, send it through the head's
-    output projection W_O^h, the model's final norm and the unembedding: logits = W_U norm(W_O^h v_k). With
+    output projection W_O^h, the model's final norm (and OPT's project_out, if any) and the unembedding:
+    logits = W_U norm(W_O^h v_k). With
     p = softmax(logits) and r = relu(p - mean(p)), the score is r[t] / sum(r): the share of the raised probability
     that goes to the attended token. Averaged over queries and sequences; 1 = the head copies exactly what it reads.
     The value is the one at the ATTENDED position k (the published code took the current position q's value, i.e.
     measured whether the head would copy the token it is looking from). Undefined (None) for the Backpack, whose
-    trunk weights senses instead of writing logits.
+    trunk weights senses instead of writing logits, and for a post-LN model with no final norm (OPT-350m).
 """
 
 from __future__ import annotations
@@ -145,11 +146,17 @@ class _eager:
 
 
 def _unembed(model, adapter):
-    """x [..., d_model] -> logits [..., vocab] through the final norm and the output embedding, or None."""
-    norm, head = adapter.final_norm(), model.get_output_embeddings()
-    if norm is None or head is None:
+    """x [..., d_model] -> logits [..., vocab] through the final norm (and projection) and the output embedding,
+    or None."""
+    path, head = adapter.to_logits_input(), model.get_output_embeddings()
+    if path is None or head is None:
         return None
-    return lambda x: head.forward(norm.forward(x))
+
+    def unembed(x: torch.Tensor) -> torch.Tensor:
+        for module in path:
+            x = module.forward(x)
+        return head.forward(x)
+    return unembed
 
 
 @torch.no_grad()
