@@ -40,7 +40,7 @@ def run(args) -> None:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "lexsim.json", {"model": str(args.model), "multi_token": args.multi_token,
-                                                 "results": [r.to_dict() for r in results]})
+                                                 "results": [r.to_dict() for r in results]}, allow_nan=False)
     with replacing(args.out / "lexsim.md") as tmp:
         tmp.write_text(table + "\n", encoding="utf-8")
     print(f"wrote {args.out}/lexsim.json and lexsim.md")

@@ -1,0 +1,49 @@
+"""User mistakes and edge cases of the sense commands, on tiny untrained models built in the test: one-line errors
+(exit status 2, no traceback, nothing written), and results that stay right (valid JSON, no silent substitutes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from backpacklm.data.tokenizers import build_word_tokenizer
+from backpacklm.model.config import BackpackConfig
+from backpacklm.model.transformer import build_model
+from tests.helpers import cli_error, run_cli
+
+TEXT = ("the king loves the crown . a queen fears the sea . the nurse came into the room . when he left , she "
+        "stayed . the doctor came into the room . then she said he was tired .\n")
+TINY = dict(n_embd=16, n_layer=1, n_head=2, num_senses=2, n_positions=32)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """{"backpack": dir, "transformer": dir}: one word tokenizer (TEXT's pieces), untrained weights."""
+    root = tmp_path_factory.mktemp("sense_cli")
+    tokenizer = build_word_tokenizer([TEXT])
+    for arch in ("backpack", "transformer"):
+        torch.manual_seed(0)
+        build_model(BackpackConfig(vocab_size=len(tokenizer), **TINY), arch).save_pretrained(root / arch)
+        tokenizer.save_pretrained(root / arch)
+    return {"backpack": root / "backpack", "transformer": root / "transformer"}
+
+
+def strict_json(path):
+    """The JSON in `path`, refusing the non-standard NaN / Infinity literals."""
+    def refuse(name):
+        raise AssertionError(f"{path} holds {name}, which is not JSON")
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def test_lexsim_undefined_spearman_is_null(models, tmp_path, capsys):
+    """All gold scores equal: rho is undefined, written as null (not NaN) and shown as n/a."""
+    (tmp_path / "flat.txt").write_text("king\tqueen\t5\n" * 6 + "crown\tsea\t5\n" * 6)
+    code, out, err = run_cli(capsys, "lexsim", "--model", models["backpack"], "--data", tmp_path / "flat.txt",
+                             "--out", tmp_path / "o")
+    assert code == 0, err
+    result = strict_json(tmp_path / "o" / "lexsim.json")["results"][0]
+    assert result["n_covered"] == 12 and result["spearman"]["embedding"] is None
+    assert set(result["spearman"].values()) == {None}
+    assert "| flat | 12/12 | n/a | n/a |" in out
