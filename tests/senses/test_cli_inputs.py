@@ -47,3 +47,19 @@ def test_lexsim_undefined_spearman_is_null(models, tmp_path, capsys):
     assert result["n_covered"] == 12 and result["spearman"]["embedding"] is None
     assert set(result["spearman"].values()) == {None}
     assert "| flat | 12/12 | n/a | n/a |" in out
+
+
+def test_neighbours_never_list_excluded_tokens(models, tmp_path, capsys):
+    """Asking for more neighbours than there are candidates lists every other word piece once, without the word
+    itself or the special tokens (which scored -inf and made the JSON invalid)."""
+    from backpacklm.model.loading import load_model
+
+    code, out, err = run_cli(capsys, "senses", "--model", models["backpack"], "--token", "king", "--neighbours", "500",
+                             "--out", tmp_path / "o")
+    assert code == 0, err
+    neighbours = strict_json(tmp_path / "o" / "senses.json")["neighbours"][0]["neighbours"]
+    tokenizer = load_model(models["backpack"])[1]
+    tokens = [token for token, _ in neighbours]
+    assert len(tokens) == len(set(tokens)) == len(tokenizer) - 3  # all but " king", <|endoftext|> and <|unk|>
+    assert not {" king", "<|endoftext|>", "<|unk|>"} & set(tokens)
+    assert all(-1.0 <= cosine <= 1.0 for _, cosine in neighbours)
