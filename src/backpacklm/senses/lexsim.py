@@ -71,6 +71,8 @@ def load_pairs(path: str | Path, name: str | None = None) -> WordPairs:
             if not pairs and number == _first_content_line(text):
                 continue  # a header line (SimLex-999, WordSim-353 CSV)
             raise BackpackError(f"{path}:{number}: no numeric similarity score in {raw.strip()[:60]!r}")
+        if not math.isfinite(score):
+            raise BackpackError(f"{path}:{number}: the similarity score is not a finite number in {raw.strip()[:60]!r}")
         a, b = (POS_SUFFIX.sub("", w) for w in fields[:2])
         if not a or not b:
             raise BackpackError(f"{path}:{number}: empty word in {raw.strip()[:60]!r}")
