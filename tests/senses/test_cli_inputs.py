@@ -63,3 +63,17 @@ def test_neighbours_never_list_excluded_tokens(models, tmp_path, capsys):
     assert len(tokens) == len(set(tokens)) == len(tokenizer) - 3  # all but " king", <|endoftext|> and <|unk|>
     assert not {" king", "<|endoftext|>", "<|unk|>"} & set(tokens)
     assert all(-1.0 <= cosine <= 1.0 for _, cosine in neighbours)
+
+
+def test_lexsim_too_few_pairs_says_so(models, tmp_path, capsys):
+    """Every word encodes but the file has fewer than 10 pairs: the error gives the coverage, not an empty list of
+    unknown words."""
+    (tmp_path / "short.txt").write_text("king\tqueen\t5\ncrown\tsea\t2\n")
+    line = cli_error(capsys, "lexsim", "--model", models["backpack"], "--data", tmp_path / "short.txt",
+                     "--out", tmp_path / "o")
+    assert line.endswith("nothing to correlate (pairs covered: short 2/2)"), line
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "mixed.txt").write_text("king\tzebra\t5\ncrown\tsea\t2\n")
+    line = cli_error(capsys, "lexsim", "--model", models["backpack"], "--data", tmp_path / "mixed.txt",
+                     tmp_path / "short.txt", "--out", tmp_path / "o")
+    assert line.endswith("(first words it cannot encode: zebra; pairs covered: mixed 1/2, short 2/2)"), line

@@ -34,8 +34,11 @@ def run(args) -> None:
     vectors = WordVectors(model, tokenizer, args.multi_token)
     results = [lexical_similarity(model, tokenizer, gold, vectors=vectors) for gold in golds]
     if not any(r.spearman for r in results):
+        skipped = list(dict.fromkeys(w for r in results for w in r.skipped_words))
+        covered = ", ".join(f"{r.dataset} {r.n_covered}/{r.n_pairs}" for r in results)
         raise BackpackError(f"no file has {MIN_PAIRS} word pairs this tokenizer can encode, so there is nothing to correlate "
-                            f"(first words it cannot encode: {', '.join(results[0].skipped_words[:5])})")
+                            + (f"(first words it cannot encode: {', '.join(skipped[:5])}; " if skipped else "(")
+                            + f"pairs covered: {covered})")
     table = markdown_table(results)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
