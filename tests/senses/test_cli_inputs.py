@@ -77,3 +77,28 @@ def test_lexsim_too_few_pairs_says_so(models, tmp_path, capsys):
     line = cli_error(capsys, "lexsim", "--model", models["backpack"], "--data", tmp_path / "mixed.txt",
                      tmp_path / "short.txt", "--out", tmp_path / "o")
     assert line.endswith("(first words it cannot encode: zebra; pairs covered: mixed 1/2, short 2/2)"), line
+
+
+WORDS = ["king", "queen", "crown", "sea", "nurse", "room", "doctor", "tired", "loves", "fears", "came", "left", "said"]
+
+
+def pair_file(path, seed: int):
+    """12 pairs of TEXT's words with distinct scores."""
+    import random
+
+    rng = random.Random(seed)
+    path.write_text("".join(f"{rng.choice(WORDS)}\t{rng.choice(WORDS)}\t{i}\n" for i in range(12)))
+    return path
+
+
+def test_repeated_data_and_model_options_add_up(models, tmp_path, capsys):
+    """`--data A --data B` scores both files (the second used to replace the first); the same for debias --model."""
+    a, b = pair_file(tmp_path / "a.txt", 0), pair_file(tmp_path / "b.txt", 1)
+    code, out, err = run_cli(capsys, "lexsim", "--model", models["backpack"], "--data", a, "--data", b,
+                             "--out", tmp_path / "o")
+    assert code == 0, err
+    assert [r["dataset"] for r in strict_json(tmp_path / "o" / "lexsim.json")["results"]] == ["a", "b"]
+    from backpacklm.cli.main import build_parser
+
+    args = build_parser().parse_args(["debias", "--model", "x", "--model", "y", "z", "--out", "o"])
+    assert args.model == ["x", "y", "z"]

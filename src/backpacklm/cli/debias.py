@@ -10,8 +10,8 @@ from .options import non_negative_int
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("debias", help="gender debiasing through a sense, with Transformer baselines")
-    p.add_argument("--model", required=True, nargs="+", help="model directories (Backpacks and/or Transformers "
-                   "sharing one tokenizer)")
+    p.add_argument("--model", required=True, nargs="+", action="extend",
+                   help="model directories (Backpacks and/or Transformers sharing one tokenizer)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes debias.json, debias.md and debias.png")
     p.add_argument("--professions", type=Path, default=None, metavar="FILE",
                    help="one profession per line (default: the WinoBias occupations that are one token)")

@@ -9,7 +9,8 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser("lexsim", help="lexical similarity benchmark (SimLex-999, SimVerb-3500, RG-65, WS-353, MEN)")
     p.add_argument("--model", required=True, help="model directory (Backpack or any Hugging Face causal LM)")
-    p.add_argument("--data", required=True, nargs="+", type=Path, metavar="FILE", help="word-pair files")
+    p.add_argument("--data", required=True, nargs="+", action="extend", type=Path, metavar="FILE",
+                   help="word-pair files (--data may be repeated)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes lexsim.json and lexsim.md")
     p.add_argument("--multi-token", choices=["average", "first"], default="average",
                    help="how a word of several tokens is represented (average)")
