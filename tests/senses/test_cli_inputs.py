@@ -102,3 +102,12 @@ def test_repeated_data_and_model_options_add_up(models, tmp_path, capsys):
 
     args = build_parser().parse_args(["debias", "--model", "x", "--model", "y", "z", "--out", "o"])
     assert args.model == ["x", "y", "z"]
+
+
+def test_sense_without_neighbours_is_refused(models, tmp_path, capsys):
+    """--sense only applies to --neighbours: alone it was ignored (even out of range) and every sense printed."""
+    for sense in ("1", "7"):
+        line = cli_error(capsys, "senses", "--model", models["backpack"], "--token", "king", "--sense", sense,
+                         "--out", tmp_path / "o")
+        assert line == "backpack senses: error: --sense picks the sense of --neighbours N; give --neighbours too"
+    assert not (tmp_path / "o").exists()

@@ -52,6 +52,8 @@ def run(args) -> None:
     words = _words(args)
     if args.heatmap and not args.out:
         raise BackpackError("--heatmap needs --out DIR")
+    if args.sense is not None and not args.neighbours:
+        raise BackpackError("--sense picks the sense of --neighbours N; give --neighbours too")
     if args.out:
         check_output_dir(args.out)
     if args.json:
