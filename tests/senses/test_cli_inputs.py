@@ -111,3 +111,27 @@ def test_sense_without_neighbours_is_refused(models, tmp_path, capsys):
                          "--out", tmp_path / "o")
         assert line == "backpack senses: error: --sense picks the sense of --neighbours N; give --neighbours too"
     assert not (tmp_path / "o").exists()
+
+
+def write_lines(path, *lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def debias_files(tmp_path, train="the {} came into the room . when", test="the {} came into the room . then"):
+    """--professions/--train-templates/--test-templates options for files in TEXT's vocabulary."""
+    return ["--professions", write_lines(tmp_path / "professions.txt", "nurse", "doctor"),
+            "--train-templates", write_lines(tmp_path / "train.txt", train),
+            "--test-templates", write_lines(tmp_path / "test.txt", test)]
+
+
+def test_debias_template_with_other_braces(models, tmp_path, capsys):
+    """'{}' is the profession; other braces are text (str.format raised KeyError on '{x}', a traceback)."""
+    from backpacklm.data.tokenizers import build_word_tokenizer
+    from backpacklm.senses.debias import PromptSet
+
+    tokenizer = build_word_tokenizer(["the nurse said {x} . when"])
+    nurse = tokenizer.convert_tokens_to_ids("Ġnurse")
+    prompts = PromptSet(tokenizer, "nurse", nurse, ["the {} said {x} . when"])
+    assert tokenizer.decode(prompts.ids[0]) == "the nurse said {x} . when"
+    assert prompts.at_profession.tolist() == [[False, True, False, False, False, False, False, False]]

@@ -128,7 +128,7 @@ class PromptSet:
     those of the unpadded prompt (causal attention never looks right)."""
 
     def __init__(self, tokenizer, profession: str, profession_id: int, templates: list[str]):
-        encoded = [tokenizer.encode(t.format(profession), add_special_tokens=False) for t in templates]
+        encoded = [tokenizer.encode(t.replace("{}", profession), add_special_tokens=False) for t in templates]
         width = max(map(len, encoded))
         self.ids = torch.tensor([e + [e[-1]] * (width - len(e)) for e in encoded])  # [prompt, pos]
         self.last = torch.tensor([len(e) - 1 for e in encoded])
