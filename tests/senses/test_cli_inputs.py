@@ -135,3 +135,15 @@ def test_debias_template_with_other_braces(models, tmp_path, capsys):
     prompts = PromptSet(tokenizer, "nurse", nurse, ["the {} said {x} . when"])
     assert tokenizer.decode(prompts.ids[0]) == "the nurse said {x} . when"
     assert prompts.at_profession.tolist() == [[False, True, False, False, False, False, False, False]]
+
+
+def test_debias_prompt_words_outside_the_vocabulary(models, tmp_path, capsys):
+    """A template word the tokenizer lacks ('office') used to become <|unk|> silently; now a one-line error."""
+    argv = ["debias", "--model", models["backpack"], "--out", tmp_path / "o"]
+    line = cli_error(capsys, *argv, *debias_files(tmp_path, test="the {} came into the office . when"))
+    assert line == ("backpack debias: error: prompt 'the nurse came into the office . when': 1 word(s) not in the "
+                    "tokenizer's vocabulary: 'office'; give templates in the model's vocabulary")
+    assert "'The' '.' 'When'" in cli_error(capsys, *argv)  # the default templates
+    assert not (tmp_path / "o").exists()
+    code, out, err = run_cli(capsys, *argv, *debias_files(tmp_path))
+    assert code == 0 and strict_json(tmp_path / "o" / "debias.json")["professions"] == ["nurse", "doctor"], err
