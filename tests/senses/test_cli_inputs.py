@@ -147,3 +147,19 @@ def test_debias_prompt_words_outside_the_vocabulary(models, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     code, out, err = run_cli(capsys, *argv, *debias_files(tmp_path))
     assert code == 0 and strict_json(tmp_path / "o" / "debias.json")["professions"] == ["nurse", "doctor"], err
+
+
+def test_debias_models_must_share_the_tokenizer(models, tmp_path, capsys):
+    """A second model with another tokenizer was scored with the first one's ids, silently."""
+    from backpacklm.data.tokenizers import build_char_tokenizer
+
+    other = tmp_path / "char"
+    tokenizer = build_char_tokenizer(TEXT)
+    build_model(BackpackConfig(vocab_size=len(tokenizer), **TINY)).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    capsys.readouterr()  # the save's progress bar
+    line = cli_error(capsys, "debias", "--model", models["backpack"], other, "--out", tmp_path / "o",
+                     *debias_files(tmp_path))
+    assert line == (f"backpack debias: error: {other} has a different tokenizer than {models['backpack']}; "
+                    "the models must share one")
+    assert not (tmp_path / "o").exists()
