@@ -163,3 +163,11 @@ def test_debias_models_must_share_the_tokenizer(models, tmp_path, capsys):
     assert line == (f"backpack debias: error: {other} has a different tokenizer than {models['backpack']}; "
                     "the models must share one")
     assert not (tmp_path / "o").exists()
+
+
+def test_debias_sense_needs_a_backpack(models, tmp_path, capsys):
+    """--sense on Transformers alone was ignored silently."""
+    line = cli_error(capsys, "debias", "--model", models["transformer"], "--sense", "0", "--out", tmp_path / "o",
+                     *debias_files(tmp_path))
+    assert line == "backpack debias: error: a gender sense index applies to a Backpack; none of the models is one"
+    assert not (tmp_path / "o").exists()

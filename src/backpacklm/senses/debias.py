@@ -258,6 +258,8 @@ def debias(models: list, tokenizer, professions: list[str] | None = None, templa
     """Every method on every model (Backpacks: sense methods; others: embedding projections), one table."""
     templates = templates or DEFAULT_TEMPLATES
     check_templates(templates)
+    if sense is not None and not any(getattr(m.config, "model_type", None) == "backpack" for m in models):
+        raise BackpackError("a gender sense index applies to a Backpack; none of the models is one")
     vocab = min(m.config.vocab_size for m in models)
     he_id, she_id = pronoun_ids(tokenizer, vocab, he, she)
     kept = one_token_professions(tokenizer, professions or WINOBIAS_PROFESSIONS, vocab)
