@@ -171,3 +171,12 @@ def test_debias_sense_needs_a_backpack(models, tmp_path, capsys):
                      *debias_files(tmp_path))
     assert line == "backpack debias: error: a gender sense index applies to a Backpack; none of the models is one"
     assert not (tmp_path / "o").exists()
+
+
+def test_edit_from_and_to_the_same_token(models, tmp_path, capsys):
+    """--from crown --to crown left every probability as it was and reported success-less numbers; now refused."""
+    line = cli_error(capsys, "edit", "--model", models["backpack"], "--word", "king", "--from", "crown", "--to",
+                     "crown", "--prompt", "the king", "--out", tmp_path / "o")
+    assert line == ("backpack edit: error: edit of 'king': 'crown' and 'crown' are the same token (' crown'), "
+                    "so the edit would change nothing")
+    assert not (tmp_path / "o").exists()

@@ -59,7 +59,11 @@ def edit_overrides(model, tokenizer, edits: list[SenseEdit]) -> dict[int, torch.
     E = model.get_input_embeddings().weight
     overrides: dict[int, torch.Tensor] = {}
     for edit in edits:
-        e_a, e_b = E[first_id(tokenizer, edit.source, V)], E[first_id(tokenizer, edit.target, V)]
+        source, target = first_id(tokenizer, edit.source, V), first_id(tokenizer, edit.target, V)
+        if source == target:
+            raise BackpackError(f"edit of {edit.word!r}: {edit.source!r} and {edit.target!r} are the same token "
+                                f"({tokenizer.decode([source])!r}), so the edit would change nothing")
+        e_a, e_b = E[source], E[target]
         for token in dict.fromkeys(word_ids(tokenizer, edit.word, vocab_size=V)):  # once per distinct token
             senses = overrides.get(token)
             if senses is None:
