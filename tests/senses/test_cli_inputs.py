@@ -180,3 +180,13 @@ def test_edit_from_and_to_the_same_token(models, tmp_path, capsys):
     assert line == ("backpack edit: error: edit of 'king': 'crown' and 'crown' are the same token (' crown'), "
                     "so the edit would change nothing")
     assert not (tmp_path / "o").exists()
+
+
+def test_edit_word_and_edits_file_together(models, tmp_path, capsys):
+    """--edits FILE silently overrode --word/--from/--to given with it."""
+    edits = tmp_path / "edits.json"
+    edits.write_text('{"edits": [{"word": "king", "from": "crown", "to": "sea"}]}')
+    line = cli_error(capsys, "edit", "--model", models["backpack"], "--edits", edits, "--word", "queen",
+                     "--prompt", "the queen", "--out", tmp_path / "o")
+    assert line == "backpack edit: error: give either --word, --from and --to, or --edits FILE, not both"
+    assert not (tmp_path / "o").exists()
