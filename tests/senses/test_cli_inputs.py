@@ -190,3 +190,15 @@ def test_edit_word_and_edits_file_together(models, tmp_path, capsys):
                      "--prompt", "the queen", "--out", tmp_path / "o")
     assert line == "backpack edit: error: give either --word, --from and --to, or --edits FILE, not both"
     assert not (tmp_path / "o").exists()
+
+
+def test_edit_prompt_must_mention_the_word(models, tmp_path, capsys):
+    """A prompt without w showed 'no effect' as if the edit had failed; now refused. ' queen' is not ' king'."""
+    line = cli_error(capsys, "edit", "--model", models["backpack"], "--word", "king", "--from", "crown", "--to",
+                     "sea", "--prompt", "the king", "--prompt", "the queen", "--out", tmp_path / "o")
+    assert line == "backpack edit: error: prompt 'the queen' does not mention 'king', so the edit cannot show there"
+    assert not (tmp_path / "o").exists()
+    code, out, err = run_cli(capsys, "edit", "--model", models["backpack"], "--word", "king", "--from", "crown", "--to",
+                             "sea", "--prompt", "the king loves", "--out", tmp_path / "o")
+    assert code == 0 and strict_json(tmp_path / "o" / "edit.json")["reports"][0]["prompts"][0]["prompt"] == \
+        "the king loves", err

@@ -157,6 +157,10 @@ def text_perplexity(model, token_ids: list[int], block_size: int, overrides=None
     return math.exp(total / count)
 
 
+def _contains(ids: list[int], run: list[int]) -> bool:
+    return any(ids[i:i + len(run)] == run for i in range(len(ids) - len(run) + 1))
+
+
 def measure_edit(model, tokenizer, edit: SenseEdit, prompts: list[str], unrelated: str | None = None) -> EditReport:
     """p(a) and p(b) after each prompt (which should mention w) before and after the edit, and the perplexity of
     unrelated text before and after."""
@@ -167,8 +171,11 @@ def measure_edit(model, tokenizer, edit: SenseEdit, prompts: list[str], unrelate
     V = model.config.vocab_size
     ids = [first_id(tokenizer, edit.source, V), first_id(tokenizer, edit.target, V)]
     overrides = edit_overrides(model, tokenizer, [edit])
+    forms = word_forms(tokenizer, edit.word, V)
     effects = []
     for prompt in prompts:
+        if not any(_contains(encode_prompt(tokenizer, prompt, V), form) for form in forms):
+            raise BackpackError(f"prompt {prompt!r} does not mention {edit.word!r}, so the edit cannot show there")
         before = next_token_probs(model, tokenizer, prompt, ids)
         after = next_token_probs(model, tokenizer, prompt, ids, overrides)
         effects.append(PromptEffect(prompt, *(round(p, 6) for p in before + after)))
