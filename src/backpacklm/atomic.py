@@ -67,8 +67,10 @@ def replacing(path: Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
-def write_json_atomic(path: Path, payload) -> None:
+def write_json_atomic(path: Path, payload, allow_nan: bool = True) -> None:
+    """`payload` as indented JSON; allow_nan=False: ValueError for NaN or infinity (not valid JSON) instead of
+    writing bare NaN / Infinity."""
     with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1)
+        json.dump(payload, f, indent=1, allow_nan=allow_nan)
         f.flush()
         os.fsync(f.fileno())

@@ -34,3 +34,26 @@ def test_a_token_the_word_repeats_is_edited_once():
         for char in "bok":
             once = replace_sense_direction(model.token_senses(torch.tensor([ids[char]]))[0], E[ids["a"]], E[ids["z"]])
             torch.testing.assert_close(overrides[ids[char]], once, atol=0, rtol=0)
+
+
+def test_a_text_opening_with_the_word_is_edited_too():
+    """"king" opening a text is another token than " king": both carry the edit, so the prediction after a prompt
+    that starts with the word changes as after " king" (before, that prompt was left unedited)."""
+    from backpacklm.data.tokenizers import build_word_tokenizer
+    from backpacklm.senses.edit import measure_edit
+
+    tokenizer = build_word_tokenizer(["king loves the crown .", "the king fears the sea ."])
+    torch.manual_seed(0)
+    model = BackpackForCausalLM(BackpackConfig(vocab_size=len(tokenizer), n_positions=16, n_embd=32, n_layer=1,
+                                               n_head=2, num_senses=2)).eval()
+    edit = SenseEdit("king", "crown", "sea")
+    bare, spaced = tokenizer.convert_tokens_to_ids(["king", "Ġking"])
+    overrides = edit_overrides(model, tokenizer, [edit])
+    assert set(overrides) == {bare, spaced}
+    E = model.get_input_embeddings().weight
+    with torch.no_grad():
+        expected = replace_sense_direction(model.token_senses(torch.tensor([bare]))[0], E[tokenizer.encode(" crown")[0]],
+                                           E[tokenizer.encode(" sea")[0]])
+    torch.testing.assert_close(overrides[bare], expected, atol=0, rtol=0)
+    for effect in measure_edit(model, tokenizer, edit, ["king", "the king"]).prompts:
+        assert (effect.p_source_after, effect.p_target_after) != (effect.p_source_before, effect.p_target_before)

@@ -149,3 +149,14 @@ def test_cli(setup, capsys):
     assert code == 2 and err.count("\n") == 1 and "has no words" in err
     code, _, err = run_cli(capsys, "steer", "--model", model_dir, "--topic", topic, "--method", "pplm", "--out", out)
     assert code == 2 and "Transformer" in err
+
+
+def test_topic_word_scorer_matches_whole_words_and_phrases():
+    """PPLM's lists hold entries of several words ("baking dish"): they count when the words occur in a row (they
+    never matched, as the text was split into single words); single words match whole words only."""
+    from backpacklm.senses.steering_metrics import semantic_success, topic_word_scorer
+
+    judge = topic_word_scorer(["baking dish", "CPU", "oven", "  "])
+    texts = ["Put it in a Baking  dish.", "the cpu is hot", "an ovenproof plate", "a dish for baking", "oven!"]
+    assert [judge(t) for t in texts] == [True, True, False, False, True]
+    assert semantic_success(texts, judge) == 0.6

@@ -10,8 +10,8 @@ from .options import non_negative_int
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("debias", help="gender debiasing through a sense, with Transformer baselines")
-    p.add_argument("--model", required=True, nargs="+", help="model directories (Backpacks and/or Transformers "
-                   "sharing one tokenizer)")
+    p.add_argument("--model", required=True, nargs="+", action="extend",
+                   help="model directories (Backpacks and/or Transformers sharing one tokenizer)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes debias.json, debias.md and debias.png")
     p.add_argument("--professions", type=Path, default=None, metavar="FILE",
                    help="one profession per line (default: the WinoBias occupations that are one token)")
@@ -44,9 +44,13 @@ def run(args) -> None:
     if args.test_templates:
         templates["test"] = read_lines(args.test_templates, "templates")
     loaded = [load_model(path) for path in args.model]
-    tokenizer = next((tok for _, tok in loaded if tok is not None), None)
-    if tokenizer is None:
+    tokenizers = [(path, tok) for path, (_, tok) in zip(args.model, loaded) if tok is not None]
+    if not tokenizers:
         raise BackpackError("none of the model directories has a tokenizer")
+    tokenizer = tokenizers[0][1]
+    for path, other in tokenizers[1:]:
+        if other.get_vocab() != tokenizer.get_vocab():
+            raise BackpackError(f"{path} has a different tokenizer than {tokenizers[0][0]}; the models must share one")
     report = debias([m for m, _ in loaded], tokenizer, professions, templates, args.sense)
     if professions and len(report.professions) < len(professions):
         left_out = [p for p in professions if p not in report.professions]

@@ -40,6 +40,8 @@ def run(args) -> None:
 
     if args.out:
         check_output_dir(args.out)
+    if args.edits and (args.word or args.source or args.target):
+        raise BackpackError("give either --word, --from and --to, or --edits FILE, not both")
     if args.edits:
         edits = load_edits(args.edits)
     elif args.word and args.source and args.target:

@@ -52,6 +52,8 @@ def run(args) -> None:
     words = _words(args)
     if args.heatmap and not args.out:
         raise BackpackError("--heatmap needs --out DIR")
+    if args.sense is not None and not args.neighbours:
+        raise BackpackError("--sense picks the sense of --neighbours N; give --neighbours too")
     if args.out:
         check_output_dir(args.out)
     if args.json:
@@ -81,9 +83,9 @@ def run(args) -> None:
         result["neighbours"] = [n.to_dict() for n in found]
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.out / "senses.json", result)
+        write_json_atomic(args.out / "senses.json", result, allow_nan=False)
         if args.heatmap:
             projection_heatmap(projections, args.out / "senses.png")
         print(f"wrote {args.out}/senses.json" + (" and senses.png" if args.heatmap else ""))
     if args.json:
-        write_json_atomic(args.json, [p.to_dict() for p in projections])
+        write_json_atomic(args.json, [p.to_dict() for p in projections], allow_nan=False)

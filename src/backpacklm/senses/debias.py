@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data.prepare import read_document
+from ..data.tokenizers import encode_strict
 from ..errors import BackpackError
 from .projection import check_sense_index
 from .words import single_token_id
@@ -123,12 +124,21 @@ def check_templates(templates: dict[str, list[str]]) -> None:
                 raise BackpackError(f"template {t!r} must contain '{{}}' (the profession) exactly once")
 
 
+def _encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Ids of a filled-in template; BackpackError naming the prompt when the tokenizer lacks a word or character
+    (it would otherwise read it as its unknown token)."""
+    try:
+        return encode_strict(tokenizer, prompt)
+    except BackpackError as err:
+        raise BackpackError(f"prompt {prompt!r}: {err}; give templates in the model's vocabulary") from None
+
+
 class PromptSet:
     """The prompts of one profession, right-padded into one batch: logits at each prompt's last real position are
     those of the unpadded prompt (causal attention never looks right)."""
 
     def __init__(self, tokenizer, profession: str, profession_id: int, templates: list[str]):
-        encoded = [tokenizer.encode(t.format(profession), add_special_tokens=False) for t in templates]
+        encoded = [_encode_prompt(tokenizer, t.replace("{}", profession)) for t in templates]
         width = max(map(len, encoded))
         self.ids = torch.tensor([e + [e[-1]] * (width - len(e)) for e in encoded])  # [prompt, pos]
         self.last = torch.tensor([len(e) - 1 for e in encoded])
@@ -248,6 +258,8 @@ def debias(models: list, tokenizer, professions: list[str] | None = None, templa
     """Every method on every model (Backpacks: sense methods; others: embedding projections), one table."""
     templates = templates or DEFAULT_TEMPLATES
     check_templates(templates)
+    if sense is not None and not any(getattr(m.config, "model_type", None) == "backpack" for m in models):
+        raise BackpackError("a gender sense index applies to a Backpack; none of the models is one")
     vocab = min(m.config.vocab_size for m in models)
     he_id, she_id = pronoun_ids(tokenizer, vocab, he, she)
     kept = one_token_professions(tokenizer, professions or WINOBIAS_PROFESSIONS, vocab)

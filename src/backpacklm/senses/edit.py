@@ -6,7 +6,8 @@ predicted a, by moving each of w's senses off the direction of a's embedding and
 
 The edited senses are a `sense_overrides` table {token id of w: [k, d]} passed to the forward, so the edit holds
 wherever w occurs, in a plain forward and in cached generation alike. a and b are read as their first token (with a
-leading space where the tokenizer is space-aware); every token of w is edited.
+leading space where the tokenizer is space-aware); every token of w is edited, and w's bare form when it is one
+token (w opening a text).
 
 Edits live in a small JSON file, by default `edits.json` in the model directory:
     {"edits": [{"word": "MacBook", "from": "Apple", "to": "HP"}, ...]}
@@ -46,21 +47,37 @@ def replace_sense_direction(senses: torch.Tensor, e_a: torch.Tensor, e_b: torch.
     return senses - t.unsqueeze(1) * e_a + (t * scale).unsqueeze(1) * e_b
 
 
+def word_forms(tokenizer, word: str, vocab_size: int) -> list[list[int]]:
+    """Token ids of w as the edit sees it: mid-text (" w", `word_ids`) and, when that differs and is one token, at
+    the start of a text ("w"), so a prompt that opens with w is edited too."""
+    forms = [word_ids(tokenizer, word, vocab_size=vocab_size)]
+    try:
+        bare = word_ids(tokenizer, word, leading_space=False, vocab_size=vocab_size)
+    except BackpackError:  # e.g. a word-level vocabulary without the bare form
+        return forms
+    return forms + [bare] if len(bare) == 1 and bare != forms[0] else forms
+
+
 def first_id(tokenizer, word: str, vocab_size: int) -> int:
     return word_ids(tokenizer, word, vocab_size=vocab_size)[0]
 
 
 @torch.no_grad()
 def edit_overrides(model, tokenizer, edits: list[SenseEdit]) -> dict[int, torch.Tensor]:
-    """{token id: edited senses [k, d]} for every distinct token of every edited word (a token the word repeats is
-    edited once); edits of one word compose in order."""
+    """{token id: edited senses [k, d]} for every distinct token of every edited word's forms (`word_forms`; a
+    token the word repeats is edited once); edits of one word compose in order."""
     require_backpack(model)
     V = model.config.vocab_size
     E = model.get_input_embeddings().weight
     overrides: dict[int, torch.Tensor] = {}
     for edit in edits:
-        e_a, e_b = E[first_id(tokenizer, edit.source, V)], E[first_id(tokenizer, edit.target, V)]
-        for token in dict.fromkeys(word_ids(tokenizer, edit.word, vocab_size=V)):  # once per distinct token
+        source, target = first_id(tokenizer, edit.source, V), first_id(tokenizer, edit.target, V)
+        if source == target:
+            raise BackpackError(f"edit of {edit.word!r}: {edit.source!r} and {edit.target!r} are the same token "
+                                f"({tokenizer.decode([source])!r}), so the edit would change nothing")
+        e_a, e_b = E[source], E[target]
+        tokens = [token for form in word_forms(tokenizer, edit.word, V) for token in form]
+        for token in dict.fromkeys(tokens):  # once per distinct token
             senses = overrides.get(token)
             if senses is None:
                 senses = model.token_senses(torch.tensor([token], device=model.device))[0]
@@ -140,6 +157,10 @@ def text_perplexity(model, token_ids: list[int], block_size: int, overrides=None
     return math.exp(total / count)
 
 
+def _contains(ids: list[int], run: list[int]) -> bool:
+    return any(ids[i:i + len(run)] == run for i in range(len(ids) - len(run) + 1))
+
+
 def measure_edit(model, tokenizer, edit: SenseEdit, prompts: list[str], unrelated: str | None = None) -> EditReport:
     """p(a) and p(b) after each prompt (which should mention w) before and after the edit, and the perplexity of
     unrelated text before and after."""
@@ -150,8 +171,11 @@ def measure_edit(model, tokenizer, edit: SenseEdit, prompts: list[str], unrelate
     V = model.config.vocab_size
     ids = [first_id(tokenizer, edit.source, V), first_id(tokenizer, edit.target, V)]
     overrides = edit_overrides(model, tokenizer, [edit])
+    forms = word_forms(tokenizer, edit.word, V)
     effects = []
     for prompt in prompts:
+        if not any(_contains(encode_prompt(tokenizer, prompt, V), form) for form in forms):
+            raise BackpackError(f"prompt {prompt!r} does not mention {edit.word!r}, so the edit cannot show there")
         before = next_token_probs(model, tokenizer, prompt, ids)
         after = next_token_probs(model, tokenizer, prompt, ids, overrides)
         effects.append(PromptEffect(prompt, *(round(p, 6) for p in before + after)))

@@ -12,7 +12,9 @@ File formats read (CRLF line ends tolerated):
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,6 +71,8 @@ def load_pairs(path: str | Path, name: str | None = None) -> WordPairs:
             if not pairs and number == _first_content_line(text):
                 continue  # a header line (SimLex-999, WordSim-353 CSV)
             raise BackpackError(f"{path}:{number}: no numeric similarity score in {raw.strip()[:60]!r}")
+        if not math.isfinite(score):
+            raise BackpackError(f"{path}:{number}: the similarity score is not a finite number in {raw.strip()[:60]!r}")
         a, b = (POS_SUFFIX.sub("", w) for w in fields[:2])
         if not a or not b:
             raise BackpackError(f"{path}:{number}: empty word in {raw.strip()[:60]!r}")
@@ -136,12 +140,12 @@ MIN_PAIRS = 10  # fewer covered pairs: no rho (any 2 points correlate +-1; a han
 @dataclass
 class LexsimResult:
     """Spearman rho per method on one gold set, over the pairs whose words are in the vocabulary (none below
-    MIN_PAIRS covered pairs)."""
+    MIN_PAIRS covered pairs; None where rho is undefined: a method's or the gold scores are all equal)."""
 
     dataset: str
     n_pairs: int
     n_covered: int
-    spearman: dict[str, float]
+    spearman: dict[str, float | None]
     skipped_words: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -177,7 +181,7 @@ class WordVectors:
 def lexical_similarity(model, tokenizer, gold: WordPairs, how: str = "average",
                        vectors: WordVectors | None = None) -> LexsimResult:
     """Spearman rho (scipy) of every method's similarity against the gold scores, on the pairs covered."""
-    from scipy.stats import spearmanr
+    from scipy.stats import ConstantInputWarning, spearmanr
 
     vectors = vectors or WordVectors(model, tokenizer, how)
     rows, gold_scores, skipped = [], [], set()
@@ -191,19 +195,23 @@ def lexical_similarity(model, tokenizer, gold: WordPairs, how: str = "average",
     spearman = {}
     if len(rows) >= MIN_PAIRS:
         for method in rows[0]:
-            rho = spearmanr([r[method] for r in rows], gold_scores).statistic
-            spearman[method] = round(float(rho), 4)  # NaN (constant scores) stays NaN
+            with warnings.catch_warnings():  # a constant column: rho is NaN, reported as None
+                warnings.simplefilter("ignore", ConstantInputWarning)
+                rho = float(spearmanr([r[method] for r in rows], gold_scores).statistic)
+            spearman[method] = None if math.isnan(rho) else round(rho, 4)  # NaN: constant scores
     return LexsimResult(gold.name, len(gold.pairs), len(rows), spearman, sorted(skipped))
 
 
 def markdown_table(results: list[LexsimResult]) -> str:
-    """Datasets x methods, Spearman rho x 100 as in the paper, with the pairs covered."""
+    """Datasets x methods, Spearman rho x 100 as in the paper, with the pairs covered ("-": too few pairs,
+    "n/a": rho undefined)."""
     if not results:
         return ""
     methods = list(dict.fromkeys(m for r in results for m in r.spearman))
     lines = ["| dataset | pairs covered | " + " | ".join(methods) + " |",
              "|---|---|" + "---|" * len(methods)]
     for r in results:
-        cells = [f"{100 * r.spearman[m]:.1f}" if m in r.spearman else "-" for m in methods]
+        cells = ["-" if m not in r.spearman else "n/a" if r.spearman[m] is None else f"{100 * r.spearman[m]:.1f}"
+                 for m in methods]
         lines.append(f"| {r.dataset} | {r.n_covered}/{r.n_pairs} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

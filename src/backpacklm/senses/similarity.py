@@ -61,7 +61,8 @@ def nearest_neighbours(model, tokenizer, word: str, n: int = 10, sense: int | No
         senses = model.token_senses(index)  # [chunk, k, d]
         rows = senses[:, sense] if sense is not None else senses.flatten(1)
         scores[start:start + len(index)] = F.cosine_similarity(rows, target.unsqueeze(0), dim=-1).float().cpu()
-    scores[list(set(ids) | set(tokenizer.all_special_ids))] = float("-inf")
-    top = scores.topk(min(n, vocab - len(ids)))
+    excluded = [i for i in set(ids) | set(tokenizer.all_special_ids) if i < vocab]
+    scores[excluded] = float("-inf")
+    top = scores.topk(min(n, vocab - len(excluded)))  # never an excluded token
     return Neighbours(word, sense, [(tokenizer.decode([i]), round(v, 4))
                                     for i, v in zip(top.indices.tolist(), top.values.tolist())])

@@ -25,9 +25,15 @@ WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 
 def topic_word_scorer(words: Sequence[str]) -> Scorer:
-    """On-topic when the text holds at least one of `words` as a whole word (case-insensitive)."""
-    vocabulary = {w.strip().lower() for w in words if w.strip()}
-    return lambda text: any(w in vocabulary for w in WORD.findall(text.lower()))
+    """On-topic when the text holds at least one of `words` as a whole word (case-insensitive); an entry of several
+    words ("baking dish", as in PPLM's lists) counts when they occur in a row."""
+    phrases = {tuple(WORD.findall(w.lower())) for w in words} - {()}
+
+    def judge(text: str) -> bool:
+        found = WORD.findall(text.lower())
+        return any(tuple(found[i:i + len(p)]) == p for p in phrases for i in range(len(found) - len(p) + 1))
+
+    return judge
 
 
 def semantic_success(texts: Sequence[str], scorer: Scorer) -> float:
