@@ -3,7 +3,7 @@ find what the world planted, and beat the Transformer baselines trained in the s
 
 Measured: per polysemous word, how many of each meaning's 4 continuation words are in its senses' top-10 tokens;
 debiasing (bias on test prompts and reduction of bias - 1 per method, Backpack vs Transformer); knowledge edits
-(p(b) > p(a) after "i bought the {w} from" for every product, mean p(a) and p(b) before/after); lexical similarity of
+(p(b) > p(a) after "i bought the {w}" for every product, mean p(a) and p(b) before/after); lexical similarity of
 world words (same-topic pairs vs cross-topic pairs); validation loss of both models. The world and the
 checkpoints live in a temporary folder, deleted at the end. Writes bench/results/<out>.json and prints the tables.
 """

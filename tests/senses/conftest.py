@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-# Sizes chosen so both models learn the planted structure in well under a minute each on 1 CPU thread.
+# Sizes chosen so both models learn the planted structure in under a minute each on 1 CPU thread. 900 steps, not
+# fewer: at 450 every check passed on one CPU and not on another (float rounding alone gave another model), and on
+# other seeds the planted bias was not yet learned; at 900 all section-6 checks pass on world/training seeds 0-4.
 WORLD_DOCUMENTS = 3000
 MODEL = dict(n_embd=64, n_layer=2, n_head=2, num_senses=4, n_positions=64)
-TRAIN = dict(max_steps=450, batch_size=24, block_size=32, lr=5e-3, warmup_steps=20)
+TRAIN = dict(max_steps=900, batch_size=24, block_size=32, lr=5e-3, warmup_steps=20)
 
 
 @dataclass

@@ -78,7 +78,7 @@ def test_cached_generation_equals_uncached_under_an_edit(world_models):
     w = world_models
     model = copy.deepcopy(w.backpack).double()
     overrides = edit_overrides(model, w.tokenizer, [SenseEdit("phone", "acme", "globex")])
-    prompt = torch.tensor([w.tokenizer.encode("i bought the phone from globex . the phone")])
+    prompt = torch.tensor([w.tokenizer.encode("i bought the phone globex edition . the phone")])
     out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False,
                               output_scores=True, return_dict_in_generate=True, sense_overrides=overrides,
                               pad_token_id=w.tokenizer.eos_token_id, eos_token_id=None)
@@ -111,16 +111,16 @@ def test_cli_senses_debias_edit_lexsim(world_models, tmp_path, capsys):
     assert (tmp_path / "d" / "debias.png").stat().st_size > 1000
 
     code, out, err = run_cli(capsys, "edit", "--model", w.backpack_dir, "--word", "phone", "--from", "acme", "--to",
-                             "globex", "--prompt", "i bought the phone from", "--save", tmp_path / "edits.json",
+                             "globex", "--prompt", "i bought the phone", "--save", tmp_path / "edits.json",
                              "--out", tmp_path / "e")
     assert code == 0, err
     assert "p(b) > p(a) after 1/1 prompts" in out
     assert load_edits(tmp_path / "edits.json") == [SenseEdit("phone", "acme", "globex")]
-    code, out, err = run_cli(capsys, "sample", "--model", w.backpack_dir, "--prompt", "i bought the phone from",
+    code, out, err = run_cli(capsys, "sample", "--model", w.backpack_dir, "--prompt", "i bought the phone",
                              "--greedy", "--max-new-tokens", "1", "--edit", tmp_path / "edits.json")
-    assert code == 0 and out.strip() == "i bought the phone from globex", out
+    assert code == 0 and out.strip() == "i bought the phone globex", out
     code, out, err = run_cli(capsys, "edit", "--model", w.backpack_dir, "--edits", tmp_path / "edits.json", "--save",
-                             "--prompt", "i bought the phone from")
+                             "--prompt", "i bought the phone")
     saved = w.backpack_dir / "edits.json"  # the run directory as given (README: --edit M/edits.json), not step-N
     assert code == 0 and f"to {saved}" in out and load_edits(saved) == [SenseEdit("phone", "acme", "globex")]
     saved.unlink()
@@ -154,8 +154,8 @@ def test_cli_bad_input_is_one_line_error(world_models, tmp_path, capsys):
 
 def test_cli_edit_interactive_loop(world_models, capsys, monkeypatch):
     w = world_models
-    monkeypatch.setattr("sys.stdin", io.StringIO("i bought the phone from\n\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("i bought the phone\n\n"))
     code, out, err = run_cli(capsys, "edit", "--model", w.backpack_dir, "--word", "phone", "--from", "acme", "--to",
-                             "globex", "--prompt", "i bought the phone from", "--interactive", "--max-new-tokens", "1")
+                             "globex", "--prompt", "i bought the phone", "--interactive", "--max-new-tokens", "1")
     assert code == 0, err
-    assert "[original] i bought the phone from acme" in out and "[edited] i bought the phone from globex" in out
+    assert "[original] i bought the phone acme" in out and "[edited] i bought the phone globex" in out

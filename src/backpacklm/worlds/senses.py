@@ -4,7 +4,9 @@ Documents are lines; each line is one of three kinds:
     topic   4-6 sentences of one topic: "the {adjective} {noun} {verb} the {object} ." and, for the topic's
             polysemous words, "the {word} {continuation} the {object} ." with a continuation of that topic's meaning
     people  4 sentences "the {profession} {verb} {he|she} was {state} ." with he at the profession's planted rate
-    facts   3 sentences "i bought the {product} from {maker} ." / "the {product} from {maker} works well ."
+    facts   3 sentences "i bought the {product} {maker} edition ." / "the {product} {maker} edition works well ."
+            (the maker right after the product: with "from" between them, a 4-sense model may store all four makers
+            in the four senses of "from" and pick one by context, which no edit of the product can move)
 
 What a method must find is in truth.json beside the corpus: the topic vocabularies (each word in one topic only),
 the polysemous words with both meanings' continuation words, the planted P(he | profession), the pronoun prompt
@@ -82,7 +84,7 @@ def ground_truth(seed: int, n_documents: int) -> dict:
         "polysemous": {w: {t: {"continuations": conts, "topic_vocabulary": topic_vocabulary(t)} for t, conts in m.items()}
                        for w, m in POLYSEMOUS.items()},
         "pronouns": {"he": "he", "she": "she", "rates_he": PRONOUN_RATES, "templates": pronoun_templates()},
-        "facts": {"template": "i bought the {} from", "maker_of": FACTS},
+        "facts": {"template": "i bought the {}", "maker_of": FACTS},
         "document_kinds": KIND_WEIGHTS,
     }
 
@@ -114,7 +116,7 @@ def _facts_document(rng: random.Random) -> str:
     sentences = []
     for _ in range(3):
         product = rng.choice(list(FACTS))
-        form = rng.choice(["i bought the {} from {} .", "the {} from {} works well ."])
+        form = rng.choice(["i bought the {} {} edition .", "the {} {} edition works well ."])
         sentences.append(form.format(product, FACTS[product]))
     return " ".join(sentences)
 
