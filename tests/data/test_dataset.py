@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from backpacklm.data.dataset import TokenData, iter_eval_windows, sample_batch
+from backpacklm.data.dataset import TokenData, sample_batch
 from backpacklm.data.prepare import prepare_corpus
 from backpacklm.errors import BackpackError
 
@@ -50,16 +50,6 @@ def test_sample_batch_covers_all_starts():
     assert sorted(set(x[:, 0].tolist())) == [0, 1, 2, 3, 4, 5]  # starts in [0, 10 - 4)
     with pytest.raises(BackpackError, match=r"split has 10 tokens, fewer than block size \+ 1 = 11"):
         sample_batch(tokens, 2, 10, torch.Generator())
-
-
-def test_iter_eval_windows():
-    tokens = np.arange(103, dtype=np.uint16)
-    batches = list(iter_eval_windows(tokens, block_size=10, batch_size=4))
-    assert [tuple(b.shape) for b in batches] == [(4, 10), (4, 10), (2, 10)]
-    assert torch.equal(torch.cat(batches).flatten(), torch.arange(100))
-    assert len(list(iter_eval_windows(tokens, 10, 4, max_batches=2))) == 2
-    with pytest.raises(BackpackError, match="fewer than block size 200"):
-        next(iter_eval_windows(tokens, 200, 4))
 
 
 def test_token_data_errors(data_dir, tmp_path):
