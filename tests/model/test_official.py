@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2Model
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2Model, PreTrainedTokenizerFast
 
 from backpacklm import BackpackConfig, BackpackError, BackpackForCausalLM
 from backpacklm.cli import main as cli_main
@@ -465,3 +465,39 @@ def test_sharded_safetensors_checkpoint(official_parts, official_dir, tmp_path):
     (directory / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(BackpackError, match="model-00002-of-00002.safetensors"):
         load_official(directory)
+
+
+# --- safe writes ----------------------------------------------------------------------------------------------------
+def test_converting_in_place_is_refused_and_changes_nothing(official_dir, tmp_path, monkeypatch, capsys):
+    _, directory = official_dir
+    ours = tmp_path / "ours"
+    random_model().save_pretrained(ours)
+    before = {p: p.read_bytes() for d in (directory, ours) for p in d.iterdir()}
+    for argv in (["--official", str(directory), "--out", str(directory / ".")],
+                 ["--to-official", "--model", str(ours), "--out", str(ours)]):
+        assert cli(["convert", *argv], monkeypatch) == 2
+        err = capsys.readouterr().err
+        assert "converting in place would overwrite it" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for d in (directory, ours) for p in d.iterdir()} == before
+
+
+def test_failed_import_leaves_the_previous_model_in_out(official_dir, tmp_path, monkeypatch):
+    model, directory = official_dir
+    out = tmp_path / "ours"
+    convert_official(directory, out)
+    other = tmp_path / "other"
+    export_official(random_model(seed=1), other)
+    write_tiny_gpt2_tokenizer(other)
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", fail)  # after the weights were saved
+    with pytest.raises(BackpackError, match="cannot write to .*No space left on device"):
+        convert_official(other, out)
+    x = ids()
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(out).eval(), x), logits(model, x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["official", "other", "ours"]  # no temporary folder left
+    with pytest.raises(BackpackError, match="No space left on device"):  # a new --out is not even created
+        convert_official(other, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["official", "other", "ours"]
