@@ -73,3 +73,20 @@ def test_empty_val_split(tmp_path):
     prepare_corpus([str(tmp_path / "a.txt")], tmp_path / "data", val_fraction=0)
     data = TokenData(tmp_path / "data")
     assert len(data.val) == 0 and len(data.train) == 4
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dtype", "foo", "dtype 'foo', expected uint16 or uint32"),
+    ("dtype", "float32", "dtype 'float32', expected uint16 or uint32"),
+    ("n_val_tokens", "abc", "n_val_tokens 'abc', expected a token count"),
+    ("n_train_tokens", -1, "n_train_tokens -1, expected a token count"),
+])
+def test_token_data_rejects_corrupt_meta_values(data_dir, field, value, message):
+    meta = json.loads((data_dir / "meta.json").read_text())
+    meta[field] = value
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(BackpackError, match=message):
+        TokenData(data_dir)
+    (data_dir / "meta.json").write_text("[1, 2]")
+    with pytest.raises(BackpackError, match="not a JSON object"):
+        TokenData(data_dir)

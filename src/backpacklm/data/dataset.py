@@ -16,6 +16,7 @@ from .tokenizers import load_tokenizer, tokenizer_difference
 
 SPLITS = ("train", "val")
 META_KEYS = ("vocab_size", "dtype", "eot_id", "n_train_tokens", "n_val_tokens")
+TOKEN_DTYPES = ("uint16", "uint32")  # what prepare.token_dtype writes
 
 
 class TokenData:
@@ -34,8 +35,15 @@ class TokenData:
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise BackpackError(f"{meta_path}: unreadable ({err})") from None
+        if not isinstance(self.meta, dict):
+            raise BackpackError(f"{meta_path}: not a JSON object")
         if missing := [key for key in META_KEYS if key not in self.meta]:
             raise BackpackError(f"{meta_path}: missing {', '.join(missing)}")
+        if self.meta["dtype"] not in TOKEN_DTYPES:
+            raise BackpackError(f"{meta_path}: dtype {self.meta['dtype']!r}, expected {' or '.join(TOKEN_DTYPES)}")
+        for key in ("n_train_tokens", "n_val_tokens"):
+            if not isinstance(self.meta[key], int) or isinstance(self.meta[key], bool) or self.meta[key] < 0:
+                raise BackpackError(f"{meta_path}: {key} {self.meta[key]!r}, expected a token count")
         self.train = self._open("train")
         self.val = self._open("val")
 
