@@ -14,14 +14,24 @@ def resolve_model_dir(path: str | Path) -> Path:
     if (path / "config.json").is_file():
         return path
     if (path / "latest.json").is_file():
-        try:
-            latest = json.loads((path / "latest.json").read_text())["checkpoint"]
-        except (ValueError, KeyError) as err:
-            raise BackpackError(f"{path / 'latest.json'} is not a valid run manifest ({err})") from None
-        return resolve_model_dir(path / latest)
+        checkpoint = path / _latest_checkpoint(path / "latest.json")
+        if not (checkpoint / "config.json").is_file():  # a manifest points at a checkpoint, not at another run
+            raise BackpackError(f"{path / 'latest.json'} names {checkpoint}, which is not a model directory")
+        return checkpoint
     if not path.exists():
         raise BackpackError(f"model directory {path} does not exist")
     raise BackpackError(f"{path} is not a model directory (no config.json) nor a training run (no latest.json)")
+
+
+def _latest_checkpoint(manifest: Path) -> str:
+    """The checkpoint folder name in a run's latest.json ({"checkpoint": "step-0000400", ...})."""
+    try:
+        latest = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BackpackError(f"{manifest} is not a valid run manifest ({err})") from None
+    if not isinstance(latest, dict) or not isinstance(latest.get("checkpoint"), str):
+        raise BackpackError(f"{manifest} is not a valid run manifest (no \"checkpoint\" folder name)")
+    return latest["checkpoint"]
 
 
 def max_positions(model) -> int | None:
