@@ -1,9 +1,14 @@
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
+from transformers import PreTrainedTokenizerFast
 
+from backpacklm import atomic
 from backpacklm.data import prepare as prep
+from backpacklm.data.dataset import TokenData
 from backpacklm.data.prepare import prepare_corpus, resolve_sources, token_dtype
 from backpacklm.data.tokenizers import EOT, load_tokenizer
 from backpacklm.errors import BackpackError
@@ -152,3 +157,40 @@ def test_utf8_bom_is_dropped_and_crlf_kept(tmp_path):
     tok = load_tokenizer(tmp_path / "out" / "tokenizer")
     assert tok.decode(np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16)) == f"line\r\n{EOT}"
     assert meta["vocab_size"] == 7
+
+
+def _prepare_over(tmp_path, break_step):
+    """Prepare "abc" text into out, then same-length "cba" text over it while `break_step()` has made one step
+    fail with OSError; returns out and the first run's train.bin."""
+    (tmp_path / "a.txt").write_text("abc" * 50)
+    (tmp_path / "b.txt").write_text("cba" * 50)  # the same ids in another order
+    out = tmp_path / "out"
+    prepare_corpus([str(tmp_path / "a.txt")], out)
+    first = (out / "train.bin").read_bytes()
+    break_step()
+    with pytest.raises(OSError):
+        prepare_corpus([str(tmp_path / "b.txt")], out)
+    return out, first
+
+
+def _fail(*args, **kwargs):
+    raise OSError(5, "Input/output error")
+
+
+def test_failure_before_the_outputs_move_keeps_the_old_dataset(tmp_path, monkeypatch):
+    out, first = _prepare_over(tmp_path, lambda: monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", _fail))
+    monkeypatch.undo()
+    data = TokenData(out)
+    assert (out / "train.bin").read_bytes() == first and data.tokenizer.decode(data.train[:3].tolist()) == "abc"
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]
+
+
+def test_failure_while_the_outputs_move_leaves_no_dataset(tmp_path, monkeypatch):
+    real_replace = os.replace
+
+    def replace(src, dst):  # the last move, meta.json's, fails
+        (_fail if Path(dst).name == "meta.json" else real_replace)(src, dst)
+
+    out, _ = _prepare_over(tmp_path, lambda: monkeypatch.setattr(atomic.os, "replace", replace))
+    with pytest.raises(BackpackError, match="no meta.json"):  # not the old meta over new tokens and tokenizer
+        TokenData(out)
