@@ -28,6 +28,8 @@ def sample_text(model, tokenizer, prompt: str = "", max_new_tokens: int = 200, t
     check("max_new_tokens", max_new_tokens, "positive_int")
     check("num_samples", num_samples, "positive_int")
     check("seed", seed, "non_negative_int")
+    if greedy and num_samples > 1:
+        raise BackpackError(f"greedy decoding gives a single continuation; ask for 1 sample, not {num_samples}")
     if not greedy:
         check("temperature", temperature, "positive_float")
         check("top_k", top_k, "non_negative_int")
