@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from backpacklm import atomic
@@ -194,3 +195,16 @@ def test_failure_while_the_outputs_move_leaves_no_dataset(tmp_path, monkeypatch)
     out, _ = _prepare_over(tmp_path, lambda: monkeypatch.setattr(atomic.os, "replace", replace))
     with pytest.raises(BackpackError, match="no meta.json"):  # not the old meta over new tokens and tokenizer
         TokenData(out)
+
+
+def test_token_ids_past_len_choose_the_dtype(tmp_path):
+    """A loaded tokenizer whose <|endoftext|> id (70000) lies past its 3 tokens: ids are stored as uint32, not
+    wrapped to 70000 - 65536 = 4464 in uint16, and the vocabulary the model needs is 70001."""
+    backend = Tokenizer(models.WordLevel({"a": 0, "b": 1, EOT: 70000}, unk_token=EOT))
+    backend.pre_tokenizer = pre_tokenizers.FixedLength(length=1)
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOT).save_pretrained(tmp_path / "tok")
+    (tmp_path / "ab.txt").write_text("abab")
+    meta = prepare_corpus([str(tmp_path / "ab.txt")], tmp_path / "out", tokenizer=str(tmp_path / "tok"),
+                          val_fraction=0)
+    assert (meta["vocab_size"], meta["dtype"], meta["eot_id"]) == (70001, "uint32", 70000)
+    assert TokenData(tmp_path / "out").train.tolist() == [0, 1, 0, 1, 70000]

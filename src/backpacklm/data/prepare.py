@@ -1,7 +1,7 @@
 """Turn text files into flat token files for training, nanoGPT style.
 
 out_dir/
-  train.bin, val.bin   raw token ids, uint16 (or uint32 for vocabularies over 65536 ids), documents each ended by
+  train.bin, val.bin   raw token ids, uint16 (or uint32 for ids past 65535), documents each ended by
                        <|endoftext|>; the last `val_fraction` of every document's tokens goes to val.bin
   tokenizer/           the tokenizer (save_pretrained; AutoTokenizer.from_pretrained reads it)
   meta.json            vocab_size, dtype, eot_id, token counts, sources, ...
@@ -57,7 +57,8 @@ def prepare_corpus(
         raise BackpackError(f"val fraction must be in [0, 1), got {val_fraction}")
     paths = resolve_sources(sources)
     tok = _make_tokenizer(tokenizer, paths, vocab_size)
-    dtype = token_dtype(len(tok))
+    n_ids = id_bound(tok)
+    dtype = token_dtype(n_ids)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -67,7 +68,7 @@ def prepare_corpus(
             replacing(out_dir / "val.bin") as val_tmp, _staged_tokenizer(tok, out_dir / "tokenizer") as move_tokenizer:
         counts = _write_splits(tok, paths, train_tmp, val_tmp, val_fraction, dtype)
         meta = {
-            "vocab_size": len(tok),
+            "vocab_size": n_ids,
             "dtype": np.dtype(dtype).name,
             "eot_id": tok.eos_token_id,
             "tokenizer_kind": _tokenizer_kind(tok, tokenizer),
@@ -88,6 +89,12 @@ def _tokenizer_kind(tok: PreTrainedTokenizerFast, spec: str) -> str:
     if is_char_tokenizer(tok):
         return "char"
     return spec if spec in ("bpe", "word", "gpt2") else "pretrained"
+
+
+def id_bound(tok: PreTrainedTokenizerFast) -> int:
+    """One past the largest token id: len(tok), unless the ids have gaps (a loaded tokenizer may put a special
+    token far past its vocabulary)."""
+    return max(len(tok), 1 + max(tok.get_vocab().values()))
 
 
 def token_dtype(vocab_size: int) -> type:
