@@ -9,6 +9,8 @@ import torch
 from tqdm import tqdm
 
 from .data.dataset import eval_window_count, iter_eval_windows
+from .errors import BackpackError
+from .model.loading import max_positions, require_causal_lm
 from .model.tied_loss import lean_loss
 
 
@@ -45,8 +47,11 @@ def _mean_loss_and_count(model, tokens, block_size, batch_size, max_batches, dev
 def perplexity(model, tokens: np.ndarray, block_size: int | None = None, batch_size: int = 8,
                max_batches: int | None = None, progress: bool = False) -> dict:
     """{'loss': nats/token, 'perplexity': exp(loss), 'tokens': scored tokens (all but the first, unless
-    max_batches stops earlier), 'block_size': ...}."""
-    block_size = block_size or model.config.n_positions
+    max_batches stops earlier), 'block_size': ...}; block_size defaults to the model's positions."""
+    require_causal_lm(model, "perplexity")
+    block_size = block_size or max_positions(model)
+    if block_size is None:
+        raise BackpackError("the model's positions are unbounded; give a block size")
     device = next(model.parameters()).device
     loss, count = _mean_loss_and_count(model, tokens, block_size, batch_size, max_batches, device, progress)
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count, "block_size": block_size}

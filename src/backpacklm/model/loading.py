@@ -44,6 +44,13 @@ def max_positions(model) -> int | None:
     return None
 
 
+def require_causal_lm(model, command: str) -> None:
+    """BackpackError for an encoder-decoder model (T5), which `command` cannot run: it reads one token stream."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise BackpackError(f"{command} needs a causal (decoder-only) LM; this is an encoder-decoder "
+                            f"{type(model).__name__}")
+
+
 def is_encoder_decoder_dir(path: str | Path) -> bool:
     """Whether the model directory (or run) holds an encoder-decoder model (e.g. T5), from its config.json."""
     config_file = resolve_model_dir(path) / "config.json"
