@@ -49,9 +49,12 @@ def perplexity(model, tokens: np.ndarray, block_size: int | None = None, batch_s
     """{'loss': nats/token, 'perplexity': exp(loss), 'tokens': scored tokens (all but the first, unless
     max_batches stops earlier), 'block_size': ...}; block_size defaults to the model's positions."""
     require_causal_lm(model, "perplexity")
-    block_size = block_size or max_positions(model)
+    positions = max_positions(model)
+    block_size = block_size or positions
     if block_size is None:
         raise BackpackError("the model's positions are unbounded; give a block size")
+    if positions and block_size > positions:
+        raise BackpackError(f"block size {block_size} exceeds the model's {positions} positions")
     device = next(model.parameters()).device
     loss, count = _mean_loss_and_count(model, tokens, block_size, batch_size, max_batches, device, progress)
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count, "block_size": block_size}

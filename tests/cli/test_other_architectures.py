@@ -39,3 +39,16 @@ def test_encoder_decoder_is_a_one_line_error(models, capsys, command):
     argv = [a.replace("{text}", str(models / "text.txt")) for a in command]
     line = cli_error(capsys, argv[0], "--model", models / "t5", *argv[1:])
     assert "needs a causal (decoder-only) LM; this is an encoder-decoder T5ForConditionalGeneration" in line
+
+
+def test_block_larger_than_the_positions_is_a_one_line_error(models, capsys, tmp_path):
+    from backpacklm.model.config import BackpackConfig
+    from backpacklm.model.transformer import build_model
+
+    build_model(BackpackConfig(vocab_size=9, n_embd=16, n_layer=1, n_head=2, num_senses=2, n_positions=8),
+                "transformer").save_pretrained(tmp_path / "gpt2")  # an IndexError in the position embedding before
+    build_char_tokenizer("abcdef \n").save_pretrained(tmp_path / "gpt2")
+    capsys.readouterr()
+    for model in (tmp_path / "gpt2", models / "llama"):  # the Llama ran past its 8 trained positions silently
+        line = cli_error(capsys, "eval", "--model", model, "--text", models / "text.txt", "--block-size", "9")
+        assert "block size 9 exceeds the model's 8 positions" in line
