@@ -89,7 +89,8 @@ def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerFast:
             tokenizer = AutoTokenizer.from_pretrained("gpt2")
         except (OSError, ValueError) as err:
             reason = _first_line(err)
-            raise BackpackError(f"could not load tokenizer 'gpt2' from the Hugging Face hub: {reason}") from None
+            raise BackpackError(f"could not load tokenizer 'gpt2' from the Hugging Face hub ({reason}); give a folder "
+                                "with GPT-2's vocab.json + merges.txt or encoder.json + vocab.bpe instead") from None
     else:
         raise BackpackError(
             f"unknown tokenizer {str(spec)!r}: expected 'gpt2' or a folder holding tokenizer.json, "
