@@ -501,3 +501,16 @@ def test_failed_import_leaves_the_previous_model_in_out(official_dir, tmp_path, 
     with pytest.raises(BackpackError, match="No space left on device"):  # a new --out is not even created
         convert_official(other, tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["official", "other", "ours"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("vocab_size", None, "vocab_size must be an integer >= 1, got None"),
+    ("n_positions", None, "n_positions must be an integer >= 1, got None"),
+    ("n_inner", -5, "n_inner must be an integer >= 1, got -5"),
+    ("sense_intermediate_scale", None, "sense_intermediate_scale must be an integer >= 1, got None"),
+])
+def test_config_sizes_that_build_no_model_are_named(official_parts, tmp_path, field, value, message):
+    """Each was a TypeError / RuntimeError traceback while the model was built."""
+    sd, cfg = official_parts
+    with pytest.raises(BackpackError, match=rf"config\.json: {message}"):
+        load_official(write_official(tmp_path / "c", sd, {**cfg, field: value}))

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import replacing
+from ..checks import check
 from ..errors import BackpackError
 from .config import BackpackConfig
 from .modeling_backpack import BackpackForCausalLM
@@ -142,6 +143,11 @@ def official_config_to_ours(official: dict) -> BackpackConfig:
         raise
     except Exception as err:  # strict dataclass validation: wrong types or values
         raise BackpackError(f"invalid official config: {_first_line(err)}") from None
+    sizes = {name: getattr(config, name) for name in ("vocab_size", "n_positions", "sense_intermediate_scale")}
+    if config.n_inner is not None:  # null: 4 * n_embd
+        sizes["n_inner"] = config.n_inner
+    for name, value in sizes.items():  # null passes the config's own checks (unset) but sizes no weights
+        check(name, value, "positive_int")
     _check_representable(config, "import")
     return config
 
