@@ -462,6 +462,12 @@ def test_sharded_safetensors_checkpoint(official_parts, official_dir, tmp_path):
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     x = ids()
     assert torch.equal(logits(load_official(directory), x), logits(model, x))
+    key = "backpack.sense_network.ln.bias"  # also in the other shard, with other values: neither may win silently
+    shard = "model-00002-of-00002.safetensors" if key in halves["model-00001-of-00002.safetensors"] else \
+        "model-00001-of-00002.safetensors"
+    save_file({k: sd[k] for k in halves[shard]} | {key: sd[key] + 1}, str(directory / shard))
+    with pytest.raises(BackpackError, match=r"key backpack\.sense_network\.ln\.bias appears in more than one shard"):
+        load_official(directory)
     (directory / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(BackpackError, match="model-00002-of-00002.safetensors"):
         load_official(directory)

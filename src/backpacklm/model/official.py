@@ -270,6 +270,8 @@ def _read_weights(directory: Path) -> dict:
             part = _read_weights_file(shard_path)
             if not isinstance(part, dict):
                 raise BackpackError(f"shard {shard_path} does not hold a state dict")
+            if twice := sorted(k for k in part if k in sd):  # which copy the model should get is unknowable
+                raise BackpackError(f"key {_listed(twice)} appears in more than one shard of {path}")
             sd.update(part)
         return sd
     raise BackpackError(f"{directory} holds no weights ({' or '.join(n for n in WEIGHT_FILES if 'index' not in n)})")
