@@ -116,8 +116,7 @@ def load_model(path: str | Path, device: str = "cpu", **kwargs):
     except BackpackError:
         raise
     except Exception as err:  # corrupted / truncated / foreign files surface as many exception types
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BackpackError(f"cannot load a model from {model_dir}: {message}") from None
+        raise BackpackError(f"cannot load a model from {model_dir}: {_first_line(err)}") from None
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(_describe_key, sorted(v, key=str)[:3]))}"
@@ -136,4 +135,10 @@ def load_tokenizer_if_present(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(model_dir)
     except Exception as err:
-        raise BackpackError(f"cannot load the tokenizer in {model_dir}: {err}") from None
+        raise BackpackError(f"cannot load the tokenizer in {model_dir}: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    """The first line of an exception's message (transformers' can run to several), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
