@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2Mo
 
 from backpacklm import BackpackConfig, BackpackError, BackpackForCausalLM
 from backpacklm.cli import main as cli_main
+from backpacklm.model import official
 from backpacklm.model.official import (
     convert_official,
     export_official,
@@ -520,3 +522,17 @@ def test_config_sizes_that_build_no_model_are_named(official_parts, tmp_path, fi
     sd, cfg = official_parts
     with pytest.raises(BackpackError, match=rf"config\.json: {message}"):
         load_official(write_official(tmp_path / "c", sd, {**cfg, field: value}))
+
+
+def test_failed_export_keeps_the_previous_export(official_dir, tmp_path, monkeypatch):
+    model, directory = official_dir
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+
+    def unserializable(*args, **kwargs):
+        raise TypeError("Object of type device is not JSON serializable")
+
+    other = random_model(seed=1)
+    monkeypatch.setattr(official, "json", SimpleNamespace(dumps=unserializable))  # after the weights are written
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        export_official(other, directory)
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before  # not new weights under the old config

@@ -329,17 +329,17 @@ def export_official(model: BackpackForCausalLM, directory: str | Path, fmt: str 
     directory.mkdir(parents=True, exist_ok=True)
 
     weights_path, config_path = directory / weights_name, directory / "config.json"
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
+    # both files are written beside their targets first; the old config.json goes before the weights are moved in
+    # and the new one comes last, so a failure never leaves new weights under the old config
+    with replacing(config_path) as config_tmp, replacing(weights_path) as weights_tmp:
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
 
-        with replacing(weights_path) as tmp:
-            save_file(sd, tmp, metadata={"format": "pt"})
-    else:
-        with replacing(weights_path) as tmp:
-            torch.save(sd, tmp)
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    with replacing(config_path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+            save_file(sd, weights_tmp, metadata={"format": "pt"})
+        else:
+            torch.save(sd, weights_tmp)
+        config_tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        config_path.unlink(missing_ok=True)
     return [config_path, weights_path]
 
 
