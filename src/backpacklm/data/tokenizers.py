@@ -129,7 +129,12 @@ def _load_byte_level_bpe(vocab_file: Path, merges_file: Path) -> PreTrainedToken
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
     if not isinstance(vocab, dict) or any(len(pair) != 2 for pair in merges):
         raise BackpackError(f"{vocab_file} / {merges_file}: not a BPE vocabulary (token->id) and merge list (a b)")
-    return GPT2TokenizerFast(vocab=vocab, merges=merges)
+    if bad := next(((t, i) for t, i in vocab.items() if type(i) is not int or i < 0), None):
+        raise BackpackError(f"{vocab_file}: token {bad[0]!r} has id {bad[1]!r}; ids are integers >= 0")
+    try:
+        return GPT2TokenizerFast(vocab=vocab, merges=merges)
+    except Exception as err:  # tokenizers raises TypeError / its own Exception for non-integer ids, unknown merges
+        raise BackpackError(f"{vocab_file} / {merges_file}: not a usable BPE ({_first_line(err)})") from None
 
 
 def _backend(tokenizer) -> Tokenizer | None:
