@@ -185,3 +185,11 @@ def test_malformed_gpt2_files_are_a_backpack_error(tmp_path, vocab, merges, mess
     with pytest.raises(BackpackError) as err:
         load_tokenizer(tmp_path)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["{}", '{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}}'])
+def test_malformed_tokenizer_json_is_a_backpack_error(tmp_path, content):
+    """Valid JSON that is no tokenizer: a KeyError traceback before."""
+    (tmp_path / "tokenizer.json").write_text(content)
+    with pytest.raises(BackpackError, match=r"cannot load tokenizer \(KeyError: 'added_tokens'\)"):
+        load_tokenizer(tmp_path)

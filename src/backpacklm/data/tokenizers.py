@@ -109,6 +109,8 @@ def _load_folder(path: Path) -> PreTrainedTokenizerFast:
             return AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as err:
             raise BackpackError(f"{path}: cannot load tokenizer ({_first_line(err)})") from None
+        except Exception as err:  # a malformed tokenizer.json: KeyError, tokenizers' own Exception, ...
+            raise BackpackError(f"{path}: cannot load tokenizer ({type(err).__name__}: {_first_line(err)})") from None
     for vocab_name, merges_name in [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")]:
         if (path / vocab_name).is_file() and (path / merges_name).is_file():
             return _load_byte_level_bpe(path / vocab_name, path / merges_name)
