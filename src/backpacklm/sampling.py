@@ -9,6 +9,7 @@ import torch
 from .checks import check
 from .data.tokenizers import encode_strict
 from .errors import BackpackError
+from .model.loading import max_positions, require_causal_lm
 
 
 def encode_prompt(tokenizer, prompt: str, vocab_size: int) -> list[int]:
@@ -28,19 +29,22 @@ def sample_text(model, tokenizer, prompt: str = "", max_new_tokens: int = 200, t
     check("max_new_tokens", max_new_tokens, "positive_int")
     check("num_samples", num_samples, "positive_int")
     check("seed", seed, "non_negative_int")
+    if greedy and num_samples > 1:
+        raise BackpackError(f"greedy decoding gives a single continuation; ask for 1 sample, not {num_samples}")
     if not greedy:
         check("temperature", temperature, "positive_float")
         check("top_k", top_k, "non_negative_int")
         check("top_p", top_p, "probability")
     if tokenizer is None:
         raise BackpackError("the model directory has no tokenizer; pass one saved with the model")
+    require_causal_lm(model, "sampling")
     ids = encode_prompt(tokenizer, prompt, model.config.vocab_size)
-    room = model.config.n_positions - len(ids)
+    positions = max_positions(model)  # None: unbounded
+    room = positions - len(ids) if positions else max_new_tokens
     if room <= 0:
-        raise BackpackError(f"the prompt has {len(ids)} tokens; the model holds only {model.config.n_positions}")
+        raise BackpackError(f"the prompt has {len(ids)} tokens; the model holds only {positions}")
     if max_new_tokens > room:
-        print(f"note: generating {room} tokens, the room left in the model's {model.config.n_positions} positions",
-              file=sys.stderr)
+        print(f"note: generating {room} tokens, the room left in the model's {positions} positions", file=sys.stderr)
         max_new_tokens = room
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)

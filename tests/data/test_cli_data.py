@@ -8,6 +8,7 @@ import pytest
 
 from backpacklm.cli import data as cli_data
 from backpacklm.errors import BackpackError
+from tests.helpers import cli_error
 
 
 def run_data_command(argv: list[str]) -> int:
@@ -86,3 +87,21 @@ def test_missing_file_via_real_main(tmp_path, capsys):
     assert main(["data", "prepare", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "out")]) == 2
     message = f"{tmp_path / 'nope.txt'}: no such file or folder (built-in datasets: shakespeare)"
     assert capsys.readouterr().err == f"backpack data: error: {message}\n"
+
+
+def test_gpt2_from_an_unreachable_hub_is_one_line(tmp_path, monkeypatch, capsys, caplog):
+    """Offline, the hub client logged a warning per retry (22 lines on stderr) before the error."""
+    import logging
+
+    from transformers import AutoTokenizer
+
+    def offline(*args, **kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", offline)
+    (tmp_path / "a.txt").write_text("abc")
+    line = cli_error(capsys, "data", "prepare", tmp_path / "a.txt", "--out", tmp_path / "out", "--tokenizer", "gpt2")
+    assert "could not load tokenizer 'gpt2' from the Hugging Face hub (We couldn't connect" in line
+    assert "vocab.json + merges.txt" in line and not (tmp_path / "out").exists()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("huggingface_hub")] == []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from backpacklm.data.dataset import TokenData, iter_eval_windows, sample_batch
+from backpacklm.data.dataset import TokenData, sample_batch
 from backpacklm.data.prepare import prepare_corpus
 from backpacklm.errors import BackpackError
 
@@ -52,16 +52,6 @@ def test_sample_batch_covers_all_starts():
         sample_batch(tokens, 2, 10, torch.Generator())
 
 
-def test_iter_eval_windows():
-    tokens = np.arange(103, dtype=np.uint16)
-    batches = list(iter_eval_windows(tokens, block_size=10, batch_size=4))
-    assert [tuple(b.shape) for b in batches] == [(4, 10), (4, 10), (2, 10)]
-    assert torch.equal(torch.cat(batches).flatten(), torch.arange(100))
-    assert len(list(iter_eval_windows(tokens, 10, 4, max_batches=2))) == 2
-    with pytest.raises(BackpackError, match="fewer than block size 200"):
-        next(iter_eval_windows(tokens, 200, 4))
-
-
 def test_token_data_errors(data_dir, tmp_path):
     with pytest.raises(BackpackError, match="no such data folder"):
         TokenData(tmp_path / "nowhere")
@@ -83,3 +73,20 @@ def test_empty_val_split(tmp_path):
     prepare_corpus([str(tmp_path / "a.txt")], tmp_path / "data", val_fraction=0)
     data = TokenData(tmp_path / "data")
     assert len(data.val) == 0 and len(data.train) == 4
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dtype", "foo", "dtype 'foo', expected uint16 or uint32"),
+    ("dtype", "float32", "dtype 'float32', expected uint16 or uint32"),
+    ("n_val_tokens", "abc", "n_val_tokens 'abc', expected a token count"),
+    ("n_train_tokens", -1, "n_train_tokens -1, expected a token count"),
+])
+def test_token_data_rejects_corrupt_meta_values(data_dir, field, value, message):
+    meta = json.loads((data_dir / "meta.json").read_text())
+    meta[field] = value
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(BackpackError, match=message):
+        TokenData(data_dir)
+    (data_dir / "meta.json").write_text("[1, 2]")
+    with pytest.raises(BackpackError, match="not a JSON object"):
+        TokenData(data_dir)

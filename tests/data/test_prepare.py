@@ -1,9 +1,15 @@
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
+from backpacklm import atomic
 from backpacklm.data import prepare as prep
+from backpacklm.data.dataset import TokenData
 from backpacklm.data.prepare import prepare_corpus, resolve_sources, token_dtype
 from backpacklm.data.tokenizers import EOT, load_tokenizer
 from backpacklm.errors import BackpackError
@@ -152,3 +158,53 @@ def test_utf8_bom_is_dropped_and_crlf_kept(tmp_path):
     tok = load_tokenizer(tmp_path / "out" / "tokenizer")
     assert tok.decode(np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16)) == f"line\r\n{EOT}"
     assert meta["vocab_size"] == 7
+
+
+def _prepare_over(tmp_path, break_step):
+    """Prepare "abc" text into out, then same-length "cba" text over it while `break_step()` has made one step
+    fail with OSError; returns out and the first run's train.bin."""
+    (tmp_path / "a.txt").write_text("abc" * 50)
+    (tmp_path / "b.txt").write_text("cba" * 50)  # the same ids in another order
+    out = tmp_path / "out"
+    prepare_corpus([str(tmp_path / "a.txt")], out)
+    first = (out / "train.bin").read_bytes()
+    break_step()
+    with pytest.raises(OSError):
+        prepare_corpus([str(tmp_path / "b.txt")], out)
+    return out, first
+
+
+def _fail(*args, **kwargs):
+    raise OSError(5, "Input/output error")
+
+
+def test_failure_before_the_outputs_move_keeps_the_old_dataset(tmp_path, monkeypatch):
+    out, first = _prepare_over(tmp_path, lambda: monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", _fail))
+    monkeypatch.undo()
+    data = TokenData(out)
+    assert (out / "train.bin").read_bytes() == first and data.tokenizer.decode(data.train[:3].tolist()) == "abc"
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]
+
+
+def test_failure_while_the_outputs_move_leaves_no_dataset(tmp_path, monkeypatch):
+    real_replace = os.replace
+
+    def replace(src, dst):  # the last move, meta.json's, fails
+        (_fail if Path(dst).name == "meta.json" else real_replace)(src, dst)
+
+    out, _ = _prepare_over(tmp_path, lambda: monkeypatch.setattr(atomic.os, "replace", replace))
+    with pytest.raises(BackpackError, match="no meta.json"):  # not the old meta over new tokens and tokenizer
+        TokenData(out)
+
+
+def test_token_ids_past_len_choose_the_dtype(tmp_path):
+    """A loaded tokenizer whose <|endoftext|> id (70000) lies past its 3 tokens: ids are stored as uint32, not
+    wrapped to 70000 - 65536 = 4464 in uint16, and the vocabulary the model needs is 70001."""
+    backend = Tokenizer(models.WordLevel({"a": 0, "b": 1, EOT: 70000}, unk_token=EOT))
+    backend.pre_tokenizer = pre_tokenizers.FixedLength(length=1)
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOT).save_pretrained(tmp_path / "tok")
+    (tmp_path / "ab.txt").write_text("abab")
+    meta = prepare_corpus([str(tmp_path / "ab.txt")], tmp_path / "out", tokenizer=str(tmp_path / "tok"),
+                          val_fraction=0)
+    assert (meta["vocab_size"], meta["dtype"], meta["eot_id"]) == (70001, "uint32", 70000)
+    assert TokenData(tmp_path / "out").train.tolist() == [0, 1, 0, 1, 70000]

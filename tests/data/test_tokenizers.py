@@ -172,3 +172,24 @@ def test_tokenizer_difference_names_sizes_first_differing_id_and_kind():
     assert tokenizer_difference(grown, small, b_may_extend=True) != ""  # the data's <x> would be out of the model
     bpe = train_bpe_tokenizer([english_like(500)], vocab_size=270)
     assert tokenizer_difference(bpe, small).startswith("BPE vs WordLevel tokenizer; vocabulary 270 vs 6 tokens")
+
+
+@pytest.mark.parametrize("vocab, merges, message", [
+    ({"a": "x", "b": 1}, "a b", "vocab.json: token 'a' has id 'x'; ids are integers >= 0"),
+    ({"a": 0, "b": 1}, "a c", "not a usable BPE (Error while initializing BPE: Token `c` out of vocabulary)"),
+], ids=["string-id", "unknown-merge"])
+def test_malformed_gpt2_files_are_a_backpack_error(tmp_path, vocab, merges, message):
+    """Both were tracebacks from the tokenizers library."""
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text(f"#version: 0.2\n{merges}\n")
+    with pytest.raises(BackpackError) as err:
+        load_tokenizer(tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["{}", '{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}}'])
+def test_malformed_tokenizer_json_is_a_backpack_error(tmp_path, content):
+    """Valid JSON that is no tokenizer: a KeyError traceback before."""
+    (tmp_path / "tokenizer.json").write_text(content)
+    with pytest.raises(BackpackError, match=r"cannot load tokenizer \(KeyError: 'added_tokens'\)"):
+        load_tokenizer(tmp_path)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2Model
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2Model, PreTrainedTokenizerFast
 
 from backpacklm import BackpackConfig, BackpackError, BackpackForCausalLM
 from backpacklm.cli import main as cli_main
+from backpacklm.model import official
 from backpacklm.model.official import (
     convert_official,
     export_official,
@@ -462,6 +464,75 @@ def test_sharded_safetensors_checkpoint(official_parts, official_dir, tmp_path):
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     x = ids()
     assert torch.equal(logits(load_official(directory), x), logits(model, x))
+    key = "backpack.sense_network.ln.bias"  # also in the other shard, with other values: neither may win silently
+    shard = "model-00002-of-00002.safetensors" if key in halves["model-00001-of-00002.safetensors"] else \
+        "model-00001-of-00002.safetensors"
+    save_file({k: sd[k] for k in halves[shard]} | {key: sd[key] + 1}, str(directory / shard))
+    with pytest.raises(BackpackError, match=r"key backpack\.sense_network\.ln\.bias appears in more than one shard"):
+        load_official(directory)
     (directory / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(BackpackError, match="model-00002-of-00002.safetensors"):
         load_official(directory)
+
+
+# --- safe writes ----------------------------------------------------------------------------------------------------
+def test_converting_in_place_is_refused_and_changes_nothing(official_dir, tmp_path, monkeypatch, capsys):
+    _, directory = official_dir
+    ours = tmp_path / "ours"
+    random_model().save_pretrained(ours)
+    before = {p: p.read_bytes() for d in (directory, ours) for p in d.iterdir()}
+    for argv in (["--official", str(directory), "--out", str(directory / ".")],
+                 ["--to-official", "--model", str(ours), "--out", str(ours)]):
+        assert cli(["convert", *argv], monkeypatch) == 2
+        err = capsys.readouterr().err
+        assert "converting in place would overwrite it" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for d in (directory, ours) for p in d.iterdir()} == before
+
+
+def test_failed_import_leaves_the_previous_model_in_out(official_dir, tmp_path, monkeypatch):
+    model, directory = official_dir
+    out = tmp_path / "ours"
+    convert_official(directory, out)
+    other = tmp_path / "other"
+    export_official(random_model(seed=1), other)
+    write_tiny_gpt2_tokenizer(other)
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", fail)  # after the weights were saved
+    with pytest.raises(BackpackError, match="cannot write to .*No space left on device"):
+        convert_official(other, out)
+    x = ids()
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(out).eval(), x), logits(model, x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["official", "other", "ours"]  # no temporary folder left
+    with pytest.raises(BackpackError, match="No space left on device"):  # a new --out is not even created
+        convert_official(other, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["official", "other", "ours"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("vocab_size", None, "vocab_size must be an integer >= 1, got None"),
+    ("n_positions", None, "n_positions must be an integer >= 1, got None"),
+    ("n_inner", -5, "n_inner must be an integer >= 1, got -5"),
+    ("sense_intermediate_scale", None, "sense_intermediate_scale must be an integer >= 1, got None"),
+])
+def test_config_sizes_that_build_no_model_are_named(official_parts, tmp_path, field, value, message):
+    """Each was a TypeError / RuntimeError traceback while the model was built."""
+    sd, cfg = official_parts
+    with pytest.raises(BackpackError, match=rf"config\.json: {message}"):
+        load_official(write_official(tmp_path / "c", sd, {**cfg, field: value}))
+
+
+def test_failed_export_keeps_the_previous_export(official_dir, tmp_path, monkeypatch):
+    model, directory = official_dir
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+
+    def unserializable(*args, **kwargs):
+        raise TypeError("Object of type device is not JSON serializable")
+
+    other = random_model(seed=1)
+    monkeypatch.setattr(official, "json", SimpleNamespace(dumps=unserializable))  # after the weights are written
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        export_official(other, directory)
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before  # not new weights under the old config

@@ -67,9 +67,10 @@ def _import(official: Path, out: Path, tokenizer: str | None) -> None:
 def _export(model_dir: Path, out: Path, fmt: str) -> None:
     from ..model.loading import load_model, resolve_model_dir
     from ..model.modeling_backpack import BackpackForCausalLM
-    from ..model.official import OFFICIAL_MODEL_TYPE, export_official
+    from ..model.official import OFFICIAL_MODEL_TYPE, check_not_in_place, export_official
 
     resolved = resolve_model_dir(model_dir)
+    check_not_in_place(resolved, out)
     try:
         model_type = json.loads((resolved / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError):

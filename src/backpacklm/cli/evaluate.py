@@ -14,7 +14,9 @@ def register(subparsers) -> None:
     source.add_argument("--data", help="prepared data directory")
     source.add_argument("--text", help="a UTF-8 text file")
     p.add_argument("--split", default="val", choices=["train", "val"])
-    p.add_argument("--block-size", type=positive_int, default=None, help="default: the model's positions")
+    p.add_argument("--block-size", type=positive_int, default=None,
+                   help="tokens per window, >= 2 (default: the model's positions); windows overlap by one token, so "
+                   "every token but the first is scored once")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--max-batches", type=positive_int, default=None)
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
@@ -31,7 +33,7 @@ def run(args) -> None:
     from ..errors import BackpackError
     from ..data.prepare import read_document
     from ..evaluation import perplexity
-    from ..model.loading import load_model
+    from ..model.loading import load_model, max_positions, require_causal_lm
 
     if args.json:
         check_output_file(args.json)
@@ -44,9 +46,12 @@ def run(args) -> None:
         if tokenizer is None:
             raise BackpackError("the model directory has no tokenizer to read --text with")
         tokens = np.array(encode_strict(tokenizer, read_document(Path(args.text))), dtype=np.int64)
-    if len(tokens) and int(tokens.max()) >= model.config.vocab_size:
+    if len(tokens) < 2:
+        raise BackpackError(f"{args.data or args.text}: {len(tokens)} token(s); perplexity needs at least 2")
+    if int(tokens.max()) >= model.config.vocab_size:
         raise BackpackError(f"token id {int(tokens.max())} is out of range for the model's vocabulary")
-    block = min(args.block_size or model.config.n_positions, len(tokens) - 1) if len(tokens) > 1 else 1
+    require_causal_lm(model, "eval")
+    block = min(args.block_size or max_positions(model) or len(tokens), len(tokens))
     result = perplexity(model, tokens, block, args.batch_size, args.max_batches, progress=not args.no_progress)
     result["source"] = args.data or args.text
     print(f"loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f} "

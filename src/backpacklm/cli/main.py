@@ -37,10 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars report progress; keep stderr for errors
     hf_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()  # e.g. offline, `--tokenizer gpt2` logged every retry of the hub download
     try:
         code = args.func(args) or 0  # a command may return a non-zero status (train: stopped by a signal)
     except BackpackError as err:

@@ -16,6 +16,7 @@ from .tokenizers import load_tokenizer, tokenizer_difference
 
 SPLITS = ("train", "val")
 META_KEYS = ("vocab_size", "dtype", "eot_id", "n_train_tokens", "n_val_tokens")
+TOKEN_DTYPES = ("uint16", "uint32")  # what prepare.token_dtype writes
 
 
 class TokenData:
@@ -34,8 +35,15 @@ class TokenData:
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise BackpackError(f"{meta_path}: unreadable ({err})") from None
+        if not isinstance(self.meta, dict):
+            raise BackpackError(f"{meta_path}: not a JSON object")
         if missing := [key for key in META_KEYS if key not in self.meta]:
             raise BackpackError(f"{meta_path}: missing {', '.join(missing)}")
+        if self.meta["dtype"] not in TOKEN_DTYPES:
+            raise BackpackError(f"{meta_path}: dtype {self.meta['dtype']!r}, expected {' or '.join(TOKEN_DTYPES)}")
+        for key in ("n_train_tokens", "n_val_tokens"):
+            if not isinstance(self.meta[key], int) or isinstance(self.meta[key], bool) or self.meta[key] < 0:
+                raise BackpackError(f"{meta_path}: {key} {self.meta[key]!r}, expected a token count")
         self.train = self._open("train")
         self.val = self._open("val")
 
@@ -85,18 +93,35 @@ def sample_batch(tokens: np.ndarray, batch_size: int, block_size: int, generator
     return torch.from_numpy(np.stack([tokens[s : s + block_size] for s in starts]).astype(np.int64))
 
 
+def eval_window_count(n_tokens: int, block_size: int, batch_size: int) -> int:
+    """How many batches `iter_eval_windows` yields for `n_tokens` tokens (before max_batches)."""
+    n_full, tail = _window_plan(n_tokens, block_size)
+    return -(-n_full // batch_size) + (tail > 0)
+
+
+def _window_plan(n_tokens: int, block_size: int) -> tuple[int, int]:
+    """(full windows, targets left for a shorter last window) of windows starting every block_size - 1 tokens."""
+    if block_size < 2:
+        raise BackpackError(f"block size must be at least 2 (a token and its successor), got {block_size}")
+    if n_tokens < 2:
+        raise BackpackError(f"split has {n_tokens} token(s); scoring needs at least 2")
+    return divmod(n_tokens - 1, block_size - 1)
+
+
 def iter_eval_windows(
     tokens: np.ndarray, block_size: int, batch_size: int, max_batches: int | None = None
 ) -> Iterator[torch.Tensor]:
-    """Consecutive non-overlapping windows from the start of `tokens` as int64 [b, block_size] batches
-    (b = batch_size, the last batch may be smaller), at most `max_batches` of them. Trailing tokens that do not fill
-    a window are left out."""
-    n_windows = len(tokens) // block_size
-    if n_windows == 0:
-        raise BackpackError(f"split has {len(tokens)} tokens, fewer than block size {block_size}")
-    for i, first in enumerate(range(0, n_windows, batch_size)):
+    """int64 [b, block_size] batches of windows that start every block_size - 1 tokens from the start of `tokens`,
+    so each window's first token is the previous window's last: every token but the first of `tokens` is a
+    next-token target exactly once, and the first is context only. b = batch_size, except in the last full batch;
+    the tail that fills no whole window comes last as a [1, n] batch (2 <= n < block_size). At most `max_batches`
+    batches."""
+    n_full, tail = _window_plan(len(tokens), block_size)
+    stride = block_size - 1
+    for i, first in enumerate(range(0, n_full, batch_size)):
         if max_batches is not None and i >= max_batches:
             return
-        rows = min(batch_size, n_windows - first)
-        chunk = tokens[first * block_size : (first + rows) * block_size]
-        yield torch.from_numpy(chunk.astype(np.int64).reshape(rows, block_size))
+        starts = range(first * stride, min(first + batch_size, n_full) * stride, stride)
+        yield torch.from_numpy(np.stack([tokens[s : s + block_size] for s in starts]).astype(np.int64))
+    if tail and (max_batches is None or eval_window_count(len(tokens), block_size, batch_size) <= max_batches):
+        yield torch.from_numpy(tokens[n_full * stride :].astype(np.int64)[None])

@@ -1,7 +1,7 @@
 """Turn text files into flat token files for training, nanoGPT style.
 
 out_dir/
-  train.bin, val.bin   raw token ids, uint16 (or uint32 for vocabularies over 65536 ids), documents each ended by
+  train.bin, val.bin   raw token ids, uint16 (or uint32 for ids past 65535), documents each ended by
                        <|endoftext|>; the last `val_fraction` of every document's tokens goes to val.bin
   tokenizer/           the tokenizer (save_pretrained; AutoTokenizer.from_pretrained reads it)
   meta.json            vocab_size, dtype, eot_id, token counts, sources, ...
@@ -13,8 +13,10 @@ import glob
 import json
 import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -55,43 +57,44 @@ def prepare_corpus(
         raise BackpackError(f"val fraction must be in [0, 1), got {val_fraction}")
     paths = resolve_sources(sources)
     tok = _make_tokenizer(tokenizer, paths, vocab_size)
-    eot, dtype = tok.eos_token_id, token_dtype(len(tok))
+    n_ids = id_bound(tok)
+    dtype = token_dtype(n_ids)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    counts = {"train": 0, "val": 0}
-    with replacing(out_dir / "train.bin") as train_tmp, replacing(out_dir / "val.bin") as val_tmp, \
-            open(train_tmp, "wb") as train_file, open(val_tmp, "wb") as val_file:
-        with tqdm(total=len(paths), unit="file", desc="tokenizing", disable=len(paths) < 10) as progress:
-            for batch in _batches(paths):
-                for ids in _encode(tok, batch):
-                    n_train = int(len(ids) * (1 - val_fraction))
-                    for split, file, part in [("train", train_file, ids[:n_train]), ("val", val_file, ids[n_train:])]:
-                        if len(part):
-                            file.write(np.append(part, eot).astype(dtype).tobytes())
-                            counts[split] += len(part) + 1
-                progress.update(len(batch))
-    _save_tokenizer(tok, out_dir / "tokenizer")
-
-    if is_char_tokenizer(tok):
-        kind = "char"
-    else:
-        kind = tokenizer if tokenizer in ("bpe", "word", "gpt2") else "pretrained"
-    meta = {
-        "vocab_size": len(tok),
-        "dtype": np.dtype(dtype).name,
-        "eot_id": eot,
-        "tokenizer_kind": kind,
-        "tokenizer": str(tokenizer),
-        "n_train_tokens": counts["train"],
-        "n_val_tokens": counts["val"],
-        "n_documents": len(paths),
-        "sources": [str(p) for p in paths],
-        "val_fraction": val_fraction,
-    }
-    with replacing(out_dir / "meta.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    # every output is written beside its target first; the old meta.json goes before the first one is moved in
+    # and the new one comes last, so an interrupted run never leaves a folder that reads as a complete dataset
+    with replacing(out_dir / "meta.json") as meta_tmp, replacing(out_dir / "train.bin") as train_tmp, \
+            replacing(out_dir / "val.bin") as val_tmp, _staged_tokenizer(tok, out_dir / "tokenizer") as move_tokenizer:
+        counts = _write_splits(tok, paths, train_tmp, val_tmp, val_fraction, dtype)
+        meta = {
+            "vocab_size": n_ids,
+            "dtype": np.dtype(dtype).name,
+            "eot_id": tok.eos_token_id,
+            "tokenizer_kind": _tokenizer_kind(tok, tokenizer),
+            "tokenizer": str(tokenizer),
+            "n_train_tokens": counts["train"],
+            "n_val_tokens": counts["val"],
+            "n_documents": len(paths),
+            "sources": [str(p) for p in paths],
+            "val_fraction": val_fraction,
+        }
+        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (out_dir / "meta.json").unlink(missing_ok=True)
+        move_tokenizer()
     return meta
+
+
+def _tokenizer_kind(tok: PreTrainedTokenizerFast, spec: str) -> str:
+    if is_char_tokenizer(tok):
+        return "char"
+    return spec if spec in ("bpe", "word", "gpt2") else "pretrained"
+
+
+def id_bound(tok: PreTrainedTokenizerFast) -> int:
+    """One past the largest token id: len(tok), unless the ids have gaps (a loaded tokenizer may put a special
+    token far past its vocabulary)."""
+    return max(len(tok), 1 + max(tok.get_vocab().values()))
 
 
 def token_dtype(vocab_size: int) -> type:
@@ -155,6 +158,23 @@ def _make_tokenizer(spec: str, paths: list[Path], vocab_size: int) -> PreTrained
     return load_tokenizer(spec)
 
 
+def _write_splits(tok, paths: list[Path], train_path: Path, val_path: Path, val_fraction: float, dtype) -> dict:
+    """Tokenize `paths` into the two split files (each document's tail to val, both parts ended by end-of-text);
+    returns the token counts {"train": n, "val": n}."""
+    counts = {"train": 0, "val": 0}
+    with open(train_path, "wb") as train_file, open(val_path, "wb") as val_file, \
+            tqdm(total=len(paths), unit="file", desc="tokenizing", disable=len(paths) < 10) as progress:
+        for batch in _batches(paths):
+            for ids in _encode(tok, batch):
+                n_train = int(len(ids) * (1 - val_fraction))
+                for split, file, part in [("train", train_file, ids[:n_train]), ("val", val_file, ids[n_train:])]:
+                    if len(part):
+                        file.write(np.append(part, tok.eos_token_id).astype(dtype).tobytes())
+                        counts[split] += len(part) + 1
+            progress.update(len(batch))
+    return counts
+
+
 def _batches(paths: list[Path]) -> Iterator[list[tuple[Path, str]]]:
     """(path, text) pairs grouped into batches of about BATCH_CHARS characters."""
     batch, size = [], 0
@@ -181,9 +201,18 @@ def _encode(tok: PreTrainedTokenizerFast, batch: list[tuple[Path, str]]) -> list
     return out
 
 
-def _save_tokenizer(tok: PreTrainedTokenizerFast, folder: Path) -> None:
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+@contextmanager
+def _staged_tokenizer(tok: PreTrainedTokenizerFast, folder: Path) -> Iterator[Callable[[], None]]:
+    """Saves `tok` into a temporary folder beside `folder`; yields the function that moves it to `folder` (replacing
+    what is there). The temporary folder is removed if that never happens."""
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        tok.save_pretrained(tmp)
+
+        def move() -> None:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+
+        yield move
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -89,7 +89,8 @@ def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerFast:
             tokenizer = AutoTokenizer.from_pretrained("gpt2")
         except (OSError, ValueError) as err:
             reason = _first_line(err)
-            raise BackpackError(f"could not load tokenizer 'gpt2' from the Hugging Face hub: {reason}") from None
+            raise BackpackError(f"could not load tokenizer 'gpt2' from the Hugging Face hub ({reason}); give a folder "
+                                "with GPT-2's vocab.json + merges.txt or encoder.json + vocab.bpe instead") from None
     else:
         raise BackpackError(
             f"unknown tokenizer {str(spec)!r}: expected 'gpt2' or a folder holding tokenizer.json, "
@@ -108,6 +109,8 @@ def _load_folder(path: Path) -> PreTrainedTokenizerFast:
             return AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as err:
             raise BackpackError(f"{path}: cannot load tokenizer ({_first_line(err)})") from None
+        except Exception as err:  # a malformed tokenizer.json: KeyError, tokenizers' own Exception, ...
+            raise BackpackError(f"{path}: cannot load tokenizer ({type(err).__name__}: {_first_line(err)})") from None
     for vocab_name, merges_name in [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")]:
         if (path / vocab_name).is_file() and (path / merges_name).is_file():
             return _load_byte_level_bpe(path / vocab_name, path / merges_name)
@@ -128,7 +131,12 @@ def _load_byte_level_bpe(vocab_file: Path, merges_file: Path) -> PreTrainedToken
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
     if not isinstance(vocab, dict) or any(len(pair) != 2 for pair in merges):
         raise BackpackError(f"{vocab_file} / {merges_file}: not a BPE vocabulary (token->id) and merge list (a b)")
-    return GPT2TokenizerFast(vocab=vocab, merges=merges)
+    if bad := next(((t, i) for t, i in vocab.items() if type(i) is not int or i < 0), None):
+        raise BackpackError(f"{vocab_file}: token {bad[0]!r} has id {bad[1]!r}; ids are integers >= 0")
+    try:
+        return GPT2TokenizerFast(vocab=vocab, merges=merges)
+    except Exception as err:  # tokenizers raises TypeError / its own Exception for non-integer ids, unknown merges
+        raise BackpackError(f"{vocab_file} / {merges_file}: not a usable BPE ({_first_line(err)})") from None
 
 
 def _backend(tokenizer) -> Tokenizer | None:

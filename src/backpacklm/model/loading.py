@@ -14,14 +14,24 @@ def resolve_model_dir(path: str | Path) -> Path:
     if (path / "config.json").is_file():
         return path
     if (path / "latest.json").is_file():
-        try:
-            latest = json.loads((path / "latest.json").read_text())["checkpoint"]
-        except (ValueError, KeyError) as err:
-            raise BackpackError(f"{path / 'latest.json'} is not a valid run manifest ({err})") from None
-        return resolve_model_dir(path / latest)
+        checkpoint = path / _latest_checkpoint(path / "latest.json")
+        if not (checkpoint / "config.json").is_file():  # a manifest points at a checkpoint, not at another run
+            raise BackpackError(f"{path / 'latest.json'} names {checkpoint}, which is not a model directory")
+        return checkpoint
     if not path.exists():
         raise BackpackError(f"model directory {path} does not exist")
     raise BackpackError(f"{path} is not a model directory (no config.json) nor a training run (no latest.json)")
+
+
+def _latest_checkpoint(manifest: Path) -> str:
+    """The checkpoint folder name in a run's latest.json ({"checkpoint": "step-0000400", ...})."""
+    try:
+        latest = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BackpackError(f"{manifest} is not a valid run manifest ({err})") from None
+    if not isinstance(latest, dict) or not isinstance(latest.get("checkpoint"), str):
+        raise BackpackError(f"{manifest} is not a valid run manifest (no \"checkpoint\" folder name)")
+    return latest["checkpoint"]
 
 
 def max_positions(model) -> int | None:
@@ -32,6 +42,13 @@ def max_positions(model) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def require_causal_lm(model, command: str) -> None:
+    """BackpackError for an encoder-decoder model (T5), which `command` cannot run: it reads one token stream."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise BackpackError(f"{command} needs a causal (decoder-only) LM; this is an encoder-decoder "
+                            f"{type(model).__name__}")
 
 
 def is_encoder_decoder_dir(path: str | Path) -> bool:
@@ -99,8 +116,7 @@ def load_model(path: str | Path, device: str = "cpu", **kwargs):
     except BackpackError:
         raise
     except Exception as err:  # corrupted / truncated / foreign files surface as many exception types
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BackpackError(f"cannot load a model from {model_dir}: {message}") from None
+        raise BackpackError(f"cannot load a model from {model_dir}: {_first_line(err)}") from None
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(_describe_key, sorted(v, key=str)[:3]))}"
@@ -119,4 +135,10 @@ def load_tokenizer_if_present(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(model_dir)
     except Exception as err:
-        raise BackpackError(f"cannot load the tokenizer in {model_dir}: {err}") from None
+        raise BackpackError(f"cannot load the tokenizer in {model_dir}: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    """The first line of an exception's message (transformers' can run to several), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

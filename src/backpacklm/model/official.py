@@ -22,12 +22,16 @@ ignored. Anything else missing, unexpected or mis-shaped is a BackpackError nami
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from ..atomic import replacing
+from ..checks import check
 from ..errors import BackpackError
 from .config import BackpackConfig
 from .modeling_backpack import BackpackForCausalLM
@@ -139,6 +143,11 @@ def official_config_to_ours(official: dict) -> BackpackConfig:
         raise
     except Exception as err:  # strict dataclass validation: wrong types or values
         raise BackpackError(f"invalid official config: {_first_line(err)}") from None
+    sizes = {name: getattr(config, name) for name in ("vocab_size", "n_positions", "sense_intermediate_scale")}
+    if config.n_inner is not None:  # null: 4 * n_embd
+        sizes["n_inner"] = config.n_inner
+    for name, value in sizes.items():  # null passes the config's own checks (unset) but sizes no weights
+        check(name, value, "positive_int")
     _check_representable(config, "import")
     return config
 
@@ -261,6 +270,8 @@ def _read_weights(directory: Path) -> dict:
             part = _read_weights_file(shard_path)
             if not isinstance(part, dict):
                 raise BackpackError(f"shard {shard_path} does not hold a state dict")
+            if twice := sorted(k for k in part if k in sd):  # which copy the model should get is unknowable
+                raise BackpackError(f"key {_listed(twice)} appears in more than one shard of {path}")
             sd.update(part)
         return sd
     raise BackpackError(f"{directory} holds no weights ({' or '.join(n for n in WEIGHT_FILES if 'index' not in n)})")
@@ -318,17 +329,17 @@ def export_official(model: BackpackForCausalLM, directory: str | Path, fmt: str 
     directory.mkdir(parents=True, exist_ok=True)
 
     weights_path, config_path = directory / weights_name, directory / "config.json"
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
+    # both files are written beside their targets first; the old config.json goes before the weights are moved in
+    # and the new one comes last, so a failure never leaves new weights under the old config
+    with replacing(config_path) as config_tmp, replacing(weights_path) as weights_tmp:
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
 
-        with replacing(weights_path) as tmp:
-            save_file(sd, tmp, metadata={"format": "pt"})
-    else:
-        with replacing(weights_path) as tmp:
-            torch.save(sd, tmp)
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    with replacing(config_path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+            save_file(sd, weights_tmp, metadata={"format": "pt"})
+        else:
+            torch.save(sd, weights_tmp)
+        config_tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        config_path.unlink(missing_ok=True)
     return [config_path, weights_path]
 
 
@@ -343,12 +354,13 @@ def has_tokenizer_files(directory: Path) -> bool:
 def convert_official(src_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> list[Path]:
     """Official checkpoint -> our Hugging Face layout in out_dir (loads with AutoModelForCausalLM after
     `import backpacklm`), plus a GPT-2 tokenizer from tokenizer_dir, or from src_dir if it holds one.
-    Returns the files written (new or changed) in out_dir."""
+    Returns the files written in out_dir (`_save_model_dir`: a failed save leaves out_dir as it was)."""
     from ..data.tokenizers import load_tokenizer
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BackpackError(f"{out_dir} exists and is not a directory")
+    check_not_in_place(src_dir, out_dir)
     model = load_official(src_dir)  # everything is read and checked before anything is written
     tokenizer = None
     if tokenizer_dir is not None:
@@ -359,18 +371,34 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, tokenizer_dir: st
         raise BackpackError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}"
         )
-
-    def snapshot() -> dict[Path, tuple[int, int]]:
-        if not out_dir.is_dir():
-            return {}
-        return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out_dir.iterdir() if p.is_file()}
-
-    before = snapshot()
     try:
-        model.save_pretrained(out_dir)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out_dir)
+        return _save_model_dir(model, tokenizer, out_dir)
     except OSError as err:
         raise BackpackError(f"cannot write to {out_dir}: {_first_line(err)}") from None
-    after = snapshot()
-    return sorted(p for p, stamp in after.items() if before.get(p) != stamp)
+
+
+def check_not_in_place(src_dir: Path, out_dir: Path) -> None:
+    """BackpackError when `out_dir` is `src_dir`: converting in place would overwrite the checkpoint being read."""
+    if out_dir.is_dir() and src_dir.is_dir() and out_dir.samefile(src_dir):
+        raise BackpackError(f"--out {out_dir} is the checkpoint being converted; converting in place would overwrite "
+                            "it, choose another folder")
+
+
+def _save_model_dir(model: BackpackForCausalLM, tokenizer, out_dir: Path) -> list[Path]:
+    """Save model (and tokenizer) into a temporary folder beside `out_dir`, then move the files into `out_dir`,
+    config.json last and the old config.json removed first, so a failure never leaves old and new files that
+    load as one model. Returns the files written."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        names = sorted(p.name for p in tmp.iterdir() if p.name != "config.json") + ["config.json"]
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / "config.json").unlink(missing_ok=True)
+        for name in names:
+            os.replace(tmp / name, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out_dir / name for name in sorted(names)]

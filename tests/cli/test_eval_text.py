@@ -1,0 +1,43 @@
+"""`backpack eval --text` scores every token of the file but the first, even for the shortest texts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from backpacklm.data.tokenizers import build_char_tokenizer
+from backpacklm.model.config import BackpackConfig
+from backpacklm.model.transformer import build_model
+from tests.helpers import cli_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_text")
+    tokenizer = build_char_tokenizer("abcdef \n")
+    torch.manual_seed(0)
+    build_model(BackpackConfig(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_senses=2,
+                               n_positions=8)).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
+
+
+@pytest.mark.parametrize("text, scored", [("ab", 1), ("abc", 2), ("abcdefab", 7), ("abcdef\nabcdef\nabc", 16)])
+def test_every_token_but_the_first_is_scored(model_dir, capsys, text, scored):
+    (model_dir / "t.txt").write_text(text)
+    code, out, err = run_cli(capsys, "eval", "--model", model_dir / "model", "--text", model_dir / "t.txt",
+                             "--no-progress", "--json", model_dir / "r.json")
+    assert code == 0, err
+    assert json.loads((model_dir / "r.json").read_text())["tokens"] == scored and f"over {scored} tokens" in out
+
+
+def test_too_short_text_and_block_are_one_line_errors(model_dir, capsys):
+    (model_dir / "one.txt").write_text("a")
+    line = cli_error(capsys, "eval", "--model", model_dir / "model", "--text", model_dir / "one.txt")
+    assert "1 token(s); perplexity needs at least 2" in line
+    (model_dir / "two.txt").write_text("ab")
+    line = cli_error(capsys, "eval", "--model", model_dir / "model", "--text", model_dir / "two.txt",
+                     "--block-size", "1")
+    assert "block size must be at least 2" in line
