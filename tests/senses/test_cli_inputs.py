@@ -202,3 +202,26 @@ def test_edit_prompt_must_mention_the_word(models, tmp_path, capsys):
                              "sea", "--prompt", "the king loves", "--out", tmp_path / "o")
     assert code == 0 and strict_json(tmp_path / "o" / "edit.json")["reports"][0]["prompts"][0]["prompt"] == \
         "the king loves", err
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ("compare_backpack", "PPLM perturbs a Transformer's cache; for a Backpack use sense re-weighting"),
+    ("one_reference", "MAUVE needs at least 2 reference texts and 2 generations per setting (given 1 and 2)"),
+])
+def test_steer_settings_fail_before_generating(models, tmp_path, capsys, monkeypatch, mistake, message):
+    """--compare naming a Backpack, or a single MAUVE reference, failed only after every sense-steered generation."""
+    import backpacklm.senses.steering as steering
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("generation started")
+
+    monkeypatch.setattr(steering, "generate_with_topic", must_not_run)
+    monkeypatch.setattr(steering, "generate_pplm", must_not_run)
+    (tmp_path / "royal.txt").write_text("king\nqueen\ncrown\n")
+    (tmp_path / "refs.txt").write_text("the king loves the crown .\n")
+    extra = (["--compare", models["backpack"]] if mistake == "compare_backpack"
+             else ["--mauve-references", tmp_path / "refs.txt"])
+    line = cli_error(capsys, "steer", "--model", models["backpack"], "--topic", tmp_path / "royal.txt",
+                     "--samples", "2", "--length", "3", "--out", tmp_path / "o", *extra)
+    assert line == f"backpack steer: error: {message}"
+    assert not (tmp_path / "o").exists()

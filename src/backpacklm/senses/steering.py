@@ -115,6 +115,27 @@ def steered_generations(model, tokenizer, topic: Topic, strength: int, method: s
     return generations, setting
 
 
+def _check_settings(models: dict, strengths: Sequence[int], pplm_step_sizes: Sequence[float], generations: int,
+                    mauve_references: Sequence[str] | None) -> None:
+    """BackpackError, before anything is generated, for a setting that would fail part-way through the run."""
+    for method, model in models.items():
+        if method not in METHODS:
+            raise BackpackError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        is_backpack = model.config.model_type == "backpack"
+        if method == "sense" and not is_backpack:
+            raise BackpackError(f"sense re-weighting needs a Backpack, not a {model.config.model_type!r} model")
+        if method == "pplm" and is_backpack:
+            raise BackpackError("PPLM perturbs a Transformer's cache; for a Backpack use sense re-weighting")
+    for strength in strengths:
+        if strength not in STRENGTHS:
+            raise BackpackError(f"strength must be one of {sorted(STRENGTHS)}, not {strength}")
+        if "pplm" in models and strength >= len(pplm_step_sizes):
+            raise BackpackError(f"no PPLM step size for strength {strength} (given: {list(pplm_step_sizes)})")
+    if mauve_references is not None and (len(mauve_references) < 2 or generations < 2):
+        raise BackpackError(f"MAUVE needs at least 2 reference texts and 2 generations per setting "
+                            f"(given {len(mauve_references)} and {generations})")
+
+
 def evaluate_steering(models: dict, tokenizer, topics: Sequence[Topic], strengths: Sequence[int],
                       prompts: Sequence[str], sampling: SamplingSettings | None = None,
                       pplm: PPLMSettings | None = None, pplm_step_sizes: Sequence[float] = PPLM_STEP_SIZES,
@@ -128,6 +149,7 @@ def evaluate_steering(models: dict, tokenizer, topics: Sequence[Topic], strength
     `mauve_model` (default: the reference model) for the features. progress: a bar over the settings on stderr."""
     sampling = sampling or SamplingSettings()
     prompts = list(prompts) or [""]
+    _check_settings(models, strengths, pplm_step_sizes, len(prompts) * sampling.samples, mauve_references)
     for model in models.values():  # unknown words or ids fail here, before the progress bar starts
         for prompt in prompts:
             encode_prompt(tokenizer, prompt, model.config.vocab_size)
