@@ -44,7 +44,8 @@ def test_every_format_parses(tmp_path, name):
 
 @pytest.mark.parametrize("text, line", [("a\tb\t1.0\nc\td\n", 2), ("a\tb\t1.0\nc\td\tmany\n", 2),
                                         ("w1 w2 w3 w4\ne f g h\n", 2), ("a\tb\t1.0\nc\td\tnan\n", 2),
-                                        ("a;b;inf\nc;d;1\n", 1), ("a,b,-Infinity\n", 1)])
+                                        ("a;b;inf\nc;d;1\n", 1), ("a,b,-Infinity\n", 1),
+                                        ("a\tb\t5,5\nc\td\t1\n", 1)])  # a decimal comma, not a header
 def test_malformed_file_names_file_and_line(tmp_path, text, line):
     path = tmp_path / "bad.txt"
     path.write_text(text)

@@ -68,8 +68,8 @@ def load_pairs(path: str | Path, name: str | None = None) -> WordPairs:
         else:
             raise BackpackError(f"{path}:{number}: expected 'word1 word2 score', got {raw.strip()[:60]!r}")
         if score is None:
-            if not pairs and number == _first_content_line(text):
-                continue  # a header line (SimLex-999, WordSim-353 CSV)
+            if not pairs and number == _first_content_line(text) and any(ch.isalpha() for ch in fields[2]):
+                continue  # a header line (SimLex-999, WordSim-353 CSV): a column name where the score would be
             raise BackpackError(f"{path}:{number}: no numeric similarity score in {raw.strip()[:60]!r}")
         if not math.isfinite(score):
             raise BackpackError(f"{path}:{number}: the similarity score is not a finite number in {raw.strip()[:60]!r}")
