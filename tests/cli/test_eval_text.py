@@ -33,6 +33,19 @@ def test_every_token_but_the_first_is_scored(model_dir, capsys, text, scored):
     assert json.loads((model_dir / "r.json").read_text())["tokens"] == scored and f"over {scored} tokens" in out
 
 
+def test_end_of_text_string_in_the_file_is_text(tmp_path, capsys):
+    """A literal <|endoftext|> in the file is 13 characters, as `data prepare` reads it, not the special token."""
+    tokenizer = build_char_tokenizer("ab<|endoftext|>")
+    torch.manual_seed(0)
+    build_model(BackpackConfig(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_senses=2,
+                               n_positions=32)).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "t.txt").write_text("ab<|endoftext|>ab")
+    code, out, err = run_cli(capsys, "eval", "--model", tmp_path / "model", "--text", tmp_path / "t.txt",
+                             "--no-progress")
+    assert code == 0 and "over 16 tokens" in out, (out, err)
+
+
 def test_too_short_text_and_block_are_one_line_errors(model_dir, capsys):
     (model_dir / "one.txt").write_text("a")
     line = cli_error(capsys, "eval", "--model", model_dir / "model", "--text", model_dir / "one.txt")

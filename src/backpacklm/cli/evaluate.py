@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="model directory or training run directory")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="prepared data directory")
-    source.add_argument("--text", help="a UTF-8 text file")
+    source.add_argument("--text", help="a UTF-8 text file, read as plain text (a literal <|endoftext|> is characters)")
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--block-size", type=positive_int, default=None,
                    help="tokens per window, >= 2 (default: the model's positions); windows overlap by one token, so "
@@ -45,7 +45,8 @@ def run(args) -> None:
     else:
         if tokenizer is None:
             raise BackpackError("the model directory has no tokenizer to read --text with")
-        tokens = np.array(encode_strict(tokenizer, read_document(Path(args.text))), dtype=np.int64)
+        text = read_document(Path(args.text))  # a literal <|endoftext|> is text here, as `data prepare` reads it
+        tokens = np.array(encode_strict(tokenizer, text, specials_as_text=True), dtype=np.int64)
     if len(tokens) < 2:
         raise BackpackError(f"{args.data or args.text}: {len(tokens)} token(s); perplexity needs at least 2")
     if int(tokens.max()) >= model.config.vocab_size:
