@@ -198,6 +198,26 @@ def _check_data_tokenizer(data, model_tokenizer, model) -> None:
         data.data.check_tokenizer(model_tokenizer, model)
 
 
+def run_settings(cfg: TrainConfig) -> dict:
+    """The settings that shape a run's updates; a resumed run must keep them to continue the same trajectory."""
+    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+    return {"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "lr": cfg.lr, "min_lr": min_lr,
+            "warmup_steps": cfg.warmup_steps, "decay": cfg.decay, "weight_decay": cfg.weight_decay,
+            "betas": list(cfg.betas), "grad_clip": cfg.grad_clip}
+
+
+def _check_resume_settings(cfg: TrainConfig, state: dict) -> None:
+    """--resume continues the saved schedule: a different total, block size or update setting is refused, not
+    silently applied (a longer run is a new run started with --init-from)."""
+    saved = {"max_steps": state["max_steps"], "block_size": state["block_size"], **state.get("settings", {})}
+    given = {"max_steps": cfg.max_steps or saved["max_steps"], "block_size": cfg.block_size or saved["block_size"],
+             **run_settings(cfg)}
+    clash = [f"--{k.replace('_', '-')} {given[k]} (run: {v})" for k, v in saved.items() if given[k] != v]
+    if clash:
+        raise BackpackError(f"--resume continues the run's own settings; this command differs: {', '.join(clash)}; "
+                            "repeat the run's settings, or start a new run with --init-from")
+
+
 def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     run_dir = Path(cfg.out)
     checkpoint = latest_checkpoint(run_dir)
@@ -218,6 +238,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         clash = {k: v for k, v in cfg.model_overrides.items() if getattr(model.config, k, v) != v}
         if clash:
             raise BackpackError(f"--resume: the checkpoint's config differs from the requested settings: {clash}")
+        _check_resume_settings(cfg, state)
     else:
         if checkpoint is not None:
             raise BackpackError(
@@ -245,7 +266,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         )
     micro_batch = cfg.batch_size // cfg.grad_accum  # global sequences per micro-step, split across processes
     per_rank = micro_batch // env.world_size
-    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+    min_lr = run_settings(cfg)["min_lr"]
     checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
 
     device = env.device
@@ -285,7 +306,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         if env.is_main:
             save_checkpoint(
                 run_dir, step, model, data.tokenizer, optimizer,
-                {"max_steps": max_steps, "block_size": block_size, "arch": config.model_type,
+                {"max_steps": max_steps, "block_size": block_size, "settings": run_settings(cfg), "arch": config.model_type,
                  "data_meta": {k: data.meta.get(k) for k in ("vocab_size", "n_train_tokens", "n_val_tokens")},
                  "best_val_loss": best, "val_loss": val_loss},
                 rng,
