@@ -101,6 +101,19 @@ def test_resume_errors(tmp_path, data_dir, capsys):
     assert code == 2 and "config differs" in err
 
 
+def test_grad_norm_is_logged_before_clipping(tmp_path, data_dir, capsys):
+    def records(name, clip):
+        args = train_args(data_dir, tmp_path / name, "--max-steps", "3", "--log-interval", "1", "--grad-clip", clip)
+        assert run_cli(capsys, *args)[0] == 0
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    free, clipped = records("free", "0"), records("clipped", "1e-6")
+    assert [r["step"] for r in free] == [1, 2, 3]
+    assert all(r["grad_norm"] > 0.01 for r in free + clipped)
+    assert free[0]["grad_norm"] == clipped[0]["grad_norm"]  # same weights at step 0; the norm before clipping
+    assert free[1]["train_loss"] != clipped[1]["train_loss"]  # clipping to 1e-6 changed the first update
+
+
 def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     assert run_cli(capsys, *train_args(data_dir, run, "--max-steps", "6", "--eval-interval", "3"))[0] == 0

@@ -339,8 +339,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                 raise BackpackError(f"loss became {step_loss} at step {step + 1}; stopped, {where}")
             if scaler:
                 scaler.unscale_(optimizer)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf).item()  # pre-clip
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -353,7 +352,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             if step % cfg.log_interval == 0 or step == max_steps:
                 rate = window_tokens / max(time.time() - window_start, 1e-9)
                 window_start, window_tokens = time.time(), 0
-                record = {"step": step, "lr": lr, "train_loss": step_loss, "tokens_per_s": rate,
+                record = {"step": step, "lr": lr, "train_loss": step_loss, "grad_norm": grad_norm, "tokens_per_s": rate,
                           "elapsed_s": time.time() - start_time}
                 bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:,.0f}", val=f"{last_val:.3f}" if last_val else "-")
             out_of_time = cfg.max_minutes is not None and (time.time() - start_time) > 60 * cfg.max_minutes
@@ -362,7 +361,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             if step % cfg.eval_interval == 0 or stopping:
                 last_val = data.val_loss(model, block_size, per_rank or 1, cfg.eval_batches, device)
                 best = min(best, last_val)
-                record = {**(record or {"step": step, "lr": lr, "train_loss": step_loss,
+                record = {**(record or {"step": step, "lr": lr, "train_loss": step_loss, "grad_norm": grad_norm,
                                         "elapsed_s": time.time() - start_time}), "val_loss": last_val}
                 if env.is_main and cfg.progress:
                     bar.write(f"step {step}: train loss {step_loss:.4f}, val loss {last_val:.4f} "
