@@ -14,8 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from backpacklm.data.prepare import prepare_corpus
+from backpacklm.train.loop import TokenWindows, TrainConfig, train
 from tests.helpers import run_cli, write_corpus
 
+SMALL_OVERRIDES = dict(n_embd=48, n_layer=2, n_head=2, num_senses=4, n_positions=64)
 SMALL = ["--n-embd", "48", "--n-layer", "2", "--n-head", "2", "--num-senses", "4", "--n-positions", "64"]
 
 
@@ -112,6 +114,22 @@ def test_grad_norm_is_logged_before_clipping(tmp_path, data_dir, capsys):
     assert all(r["grad_norm"] > 0.01 for r in free + clipped)
     assert free[0]["grad_norm"] == clipped[0]["grad_norm"]  # same weights at step 0; the norm before clipping
     assert free[1]["train_loss"] != clipped[1]["train_loss"]  # clipping to 1e-6 changed the first update
+
+
+def test_metrics_lines_are_strict_json_when_a_value_is_not_finite(tmp_path, data_dir):
+    class NanValidation(TokenWindows):
+        def val_loss(self, *args):
+            return float("nan")
+
+    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path / "run"), model_overrides=SMALL_OVERRIDES, block_size=32,
+                      batch_size=8, max_steps=2, eval_interval=1, eval_batches=1, progress=False)
+    train(cfg, NanValidation(str(data_dir)))
+
+    def reject(constant):
+        raise ValueError(constant)
+
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line, parse_constant=reject)["val_loss"] for line in lines] == [None, None]
 
 
 def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):

@@ -368,7 +368,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                               f"(unigram baseline {baseline:.4f})")
             if record and env.is_main:
                 with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(json.dumps({k: _finite_or_none(v) for k, v in record.items()}) + "\n")
             if step % checkpoint_interval == 0 or stopping:
                 checkpoint_now(last_val)
             bar.update(1)
@@ -387,6 +387,11 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
 
         loss_curve(metrics_path, run_dir / "loss_curve.png", baseline)
     return summary
+
+
+def _finite_or_none(value):
+    """JSON has no NaN or infinity: such a metric (e.g. the gradient norm of an fp16 step the scaler skips) is null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
