@@ -132,6 +132,13 @@ def test_metrics_lines_are_strict_json_when_a_value_is_not_finite(tmp_path, data
     assert [json.loads(line, parse_constant=reject)["val_loss"] for line in lines] == [None, None]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_float16_without_cuda_is_a_one_line_error(tmp_path, data_dir, capsys):
+    code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--max-steps", "2", "--dtype", "float16"))
+    assert code == 2 and "--dtype float16 needs a CUDA GPU" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     assert run_cli(capsys, *train_args(data_dir, run, "--max-steps", "6", "--eval-interval", "3"))[0] == 0

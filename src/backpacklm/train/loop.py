@@ -164,6 +164,10 @@ class StopRequest:
 
 
 def _autocast(device: str, dtype: str):
+    """(context factory, GradScaler or None) for `dtype` on `device`; float16 needs CUDA, whose scaler it relies on."""
+    if dtype == "float16" and not device.startswith("cuda"):
+        raise BackpackError(f"--dtype float16 needs a CUDA GPU (for its loss scaling), not {device}; "
+                            "use bfloat16 (CPU autocast) or float32")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
     if dtype == "float32":
