@@ -139,6 +139,23 @@ def test_float16_without_cuda_is_a_one_line_error(tmp_path, data_dir, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_loss_curve_is_redrawn_at_each_validation(tmp_path, data_dir, capsys, monkeypatch):
+    import backpacklm.plots
+
+    drawn_at = []  # metrics records on disk at each drawing
+
+    def loss_curve(metrics_path, png_path, baseline=None):
+        drawn_at.append(len(Path(metrics_path).read_text().splitlines()))
+        return plot(metrics_path, png_path, baseline)
+
+    plot = backpacklm.plots.loss_curve
+    monkeypatch.setattr(backpacklm.plots, "loss_curve", loss_curve)
+    args = train_args(data_dir, tmp_path / "run", "--max-steps", "6", "--eval-interval", "2", "--log-interval", "1")
+    assert run_cli(capsys, *args)[0] == 0
+    assert drawn_at == [2, 4, 6]
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+
+
 def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     assert run_cli(capsys, *train_args(data_dir, run, "--max-steps", "6", "--eval-interval", "3"))[0] == 0

@@ -373,6 +373,8 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             if record and env.is_main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps({k: _finite_or_none(v) for k, v in record.items()}) + "\n")
+                if "val_loss" in record:  # the curve follows the run, and outlives a run that fails later
+                    _plot_losses(metrics_path, run_dir / "loss_curve.png", baseline)
             if step % checkpoint_interval == 0 or stopping:
                 checkpoint_now(last_val)
             bar.update(1)
@@ -387,10 +389,13 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                "checkpoint": str(latest_checkpoint(run_dir)) if env.is_main else None}
     if env.is_main:
         write_json_atomic(run_dir / "summary.json", summary)
-        from ..plots import loss_curve
-
-        loss_curve(metrics_path, run_dir / "loss_curve.png", baseline)
     return summary
+
+
+def _plot_losses(metrics_path: Path, png_path: Path, baseline: float) -> None:
+    from ..plots import loss_curve  # matplotlib only once there is something to plot
+
+    loss_curve(metrics_path, png_path, baseline)
 
 
 def _finite_or_none(value):
