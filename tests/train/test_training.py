@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,20 @@ def test_loss_curve_is_redrawn_at_each_validation(tmp_path, data_dir, capsys, mo
     assert run_cli(capsys, *args)[0] == 0
     assert drawn_at == [2, 4, 6]
     assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+
+
+def test_tokens_per_second_leaves_out_validation_time(tmp_path, data_dir):
+    class SlowValidation(TokenWindows):
+        def val_loss(self, *args):
+            time.sleep(1.5)
+            return 1.0
+
+    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path / "run"), model_overrides=SMALL_OVERRIDES, block_size=32,
+                      batch_size=8, max_steps=4, eval_interval=2, log_interval=2, progress=False)
+    train(cfg, SlowValidation(str(data_dir)))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    window_seconds = [2 * 8 * 32 / r["tokens_per_s"] for r in records]  # 2 steps of 8 x 32 tokens per record
+    assert [r["step"] for r in records] == [2, 4] and max(window_seconds) < 1.0, window_seconds
 
 
 def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):

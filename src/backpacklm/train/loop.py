@@ -362,6 +362,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             out_of_time = cfg.max_minutes is not None and (time.time() - start_time) > 60 * cfg.max_minutes
             stopping = (step == max_steps or step == cfg.stop_after
                         or distributed.mean_across(env, float(stop.requested or out_of_time)) > 0)
+            paused = time.time()
             if step % cfg.eval_interval == 0 or stopping:
                 last_val = data.val_loss(model, block_size, per_rank or 1, cfg.eval_batches, device)
                 best = min(best, last_val)
@@ -377,6 +378,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                     _plot_losses(metrics_path, run_dir / "loss_curve.png", baseline)
             if step % checkpoint_interval == 0 or stopping:
                 checkpoint_now(last_val)
+            window_start += time.time() - paused  # tokens/s measures training, not validation or checkpoints
             bar.update(1)
             if stopping:
                 break
