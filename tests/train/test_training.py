@@ -171,6 +171,12 @@ def test_tokens_per_second_leaves_out_validation_time(tmp_path, data_dir):
     assert [r["step"] for r in records] == [2, 4] and max(window_seconds) < 1.0, window_seconds
 
 
+def test_min_lr_above_lr_is_a_one_line_error(tmp_path, data_dir, capsys):
+    code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--max-steps", "2", "--min-lr", "0.01"))
+    assert code == 2 and "--min-lr 0.01 is above --lr 0.003" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     assert run_cli(capsys, *train_args(data_dir, run, "--max-steps", "6", "--eval-interval", "3"))[0] == 0

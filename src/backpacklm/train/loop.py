@@ -81,6 +81,8 @@ class TrainConfig:
             log_interval="positive_int", checkpoint_interval="positive_int", seed="non_negative_int",
             threads="positive_int",
         )
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise BackpackError(f"--min-lr {self.min_lr:g} is above --lr {self.lr:g}: the decay would raise the lr")
 
 
 def model_config(cfg: TrainConfig, meta: dict) -> BackpackConfig:
