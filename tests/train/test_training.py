@@ -177,6 +177,16 @@ def test_min_lr_above_lr_is_a_one_line_error(tmp_path, data_dir, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_warmup_as_long_as_the_run_is_reported(tmp_path, data_dir, capsys):
+    code, out, err = run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--max-steps", "4", "--log-interval", "1"))
+    assert code == 0, err
+    assert "note: warmup (5 steps) is not shorter than the run (4 steps): the lr only rises, to 0.0024 at" in out
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([6e-4, 1.2e-3, 1.8e-3, 2.4e-3])
+    code, out, _ = run_cli(capsys, *train_args(data_dir, tmp_path / "run5", "--max-steps", "6", "--log-interval", "1"))
+    assert code == 0 and "note: warmup" not in out
+
+
 def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     assert run_cli(capsys, *train_args(data_dir, run, "--max-steps", "6", "--eval-interval", "3"))[0] == 0

@@ -273,6 +273,10 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     micro_batch = cfg.batch_size // cfg.grad_accum  # global sequences per micro-step, split across processes
     per_rank = micro_batch // env.world_size
     min_lr = run_settings(cfg)["min_lr"]
+    if env.is_main and cfg.warmup_steps >= max_steps:
+        last_lr = learning_rate(max_steps - 1, cfg.lr, min_lr, cfg.warmup_steps, max_steps, cfg.decay)
+        print(f"note: warmup ({cfg.warmup_steps} steps) is not shorter than the run ({max_steps} steps): the lr only "
+              f"rises, to {last_lr:g} at the last step, and never decays", flush=True)
     checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
 
     device = env.device
