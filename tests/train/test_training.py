@@ -198,6 +198,14 @@ def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):
     assert json.loads((run / "latest.json").read_text())["step"] == 6
 
 
+def test_resume_refuses_a_stop_it_has_passed(tmp_path, data_dir, capsys):
+    run = tmp_path / "run"
+    assert run_cli(capsys, *train_args(data_dir, run, "--max-steps", "8", "--stop-after", "4"))[0] == 0
+    code, _, err = run_cli(capsys, *train_args(data_dir, run, "--max-steps", "8", "--stop-after", "4", "--resume"))
+    assert code == 2 and "--stop-after 4 is not beyond step-0000004" in err, err
+    assert json.loads((run / "latest.json").read_text())["step"] == 4
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     args = train_args(data_dir, run, "--max-steps", "30", "--lr", "1e30", "--warmup-steps", "0", "--grad-clip", "0",

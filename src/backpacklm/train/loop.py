@@ -245,6 +245,8 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         if clash:
             raise BackpackError(f"--resume: the checkpoint's config differs from the requested settings: {clash}")
         _check_resume_settings(cfg, state)
+        if cfg.stop_after is not None and cfg.stop_after <= state["step"]:
+            raise BackpackError(f"--stop-after {cfg.stop_after} is not beyond {checkpoint.name}, where the run stands")
     else:
         if checkpoint is not None:
             raise BackpackError(
