@@ -4,6 +4,7 @@ samples and sense projections. Every step is the public API, so this file double
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -46,6 +47,15 @@ def steps_for(minutes: float, data_dir: Path) -> int:
     return max(100, int(minutes * 60 / per_step))
 
 
+def training_report(summary: dict, planned_steps: int) -> str:
+    """The steps reached (and why the run stopped early) and the validation loss against the unigram baseline."""
+    val, unigram = summary["val_loss"], summary["unigram_val_loss"]
+    stopped = f", stopped by {summary['stopped_by']}" if summary["stopped_by"] else ""
+    versus = f"{unigram - val:.2f} nats better than" if val < unigram else f"{val - unigram:.2f} nats WORSE than"
+    return (f"   {summary['step']} of {planned_steps} steps{stopped}: validation loss {val:.3f} nats/char, {versus} the "
+            f"unigram baseline ({unigram:.3f}); perplexity {math.exp(val):.2f}")
+
+
 def run_demo(out: str | Path = "runs/demo", minutes: float = 3.0, data: str = "shakespeare") -> dict:
     out = Path(out)
     if out.exists():
@@ -66,9 +76,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 3.0, data: str = "s
     print(f"== 2. train the tiny Backpack for {steps} steps (~{minutes:g} min on this machine)")
     summary = train(TrainConfig(data=str(out / "data"), out=str(out / "run"), max_steps=steps,
                                 max_minutes=minutes * 1.15, **DEMO_TRAINING))
-    gap = summary["unigram_val_loss"] - summary["val_loss"]
-    print(f"   validation loss {summary['val_loss']:.3f} nats/char vs {summary['unigram_val_loss']:.3f} for the unigram "
-          f"baseline ({gap:.2f} nats better; perplexity {2.71828 ** summary['val_loss']:.2f})")
+    print(training_report(summary, steps))
 
     model, tokenizer = load_model(out / "run")
     print("== 3. samples (temperature 0.8, top-k 40)")

@@ -101,3 +101,14 @@ def test_bad_inputs_are_one_line_errors(trained, capsys, tmp_path):
     (tmp_path / "run_copy" / (model / "model").resolve().name / "training_state.safetensors").write_bytes(b"\0" * 10)
     one_line_error(*run_cli(capsys, "train", "--data", trained / "data", "--out", tmp_path / "run_copy", "--resume"),
                    "training state")
+
+
+def test_demo_reports_steps_reached_and_which_side_of_the_baseline():
+    from backpacklm.demo import training_report
+
+    early = {"step": 14, "stopped_by": "time limit", "val_loss": 3.427, "unigram_val_loss": 3.319}
+    assert training_report(early, 100) == ("   14 of 100 steps, stopped by time limit: validation loss 3.427 nats/char, "
+                                           "0.11 nats WORSE than the unigram baseline (3.319); perplexity 30.78")
+    done = {"step": 100, "stopped_by": None, "val_loss": 2.0, "unigram_val_loss": 3.319}
+    assert training_report(done, 100).startswith("   100 of 100 steps: validation loss 2.000 nats/char, 1.32 nats "
+                                                  "better than the unigram baseline (3.319); perplexity 7.39")

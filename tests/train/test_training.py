@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from backpacklm.data.prepare import prepare_corpus
+from backpacklm.train.loop import TokenWindows, TrainConfig, train
 from tests.helpers import run_cli, write_corpus
 
+SMALL_OVERRIDES = dict(n_embd=48, n_layer=2, n_head=2, num_senses=4, n_positions=64)
 SMALL = ["--n-embd", "48", "--n-layer", "2", "--n-head", "2", "--num-senses", "4", "--n-positions", "64"]
 
 
@@ -99,6 +102,108 @@ def test_resume_errors(tmp_path, data_dir, capsys):
     assert run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--max-steps", "4", "--eval-interval", "2"))[0] == 0
     code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--resume", "--num-senses", "8"))
     assert code == 2 and "config differs" in err
+
+
+def test_grad_norm_is_logged_before_clipping(tmp_path, data_dir, capsys):
+    def records(name, clip):
+        args = train_args(data_dir, tmp_path / name, "--max-steps", "3", "--log-interval", "1", "--grad-clip", clip)
+        assert run_cli(capsys, *args)[0] == 0
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    free, clipped = records("free", "0"), records("clipped", "1e-6")
+    assert [r["step"] for r in free] == [1, 2, 3]
+    assert all(r["grad_norm"] > 0.01 for r in free + clipped)
+    assert free[0]["grad_norm"] == clipped[0]["grad_norm"]  # same weights at step 0; the norm before clipping
+    assert free[1]["train_loss"] != clipped[1]["train_loss"]  # clipping to 1e-6 changed the first update
+
+
+def test_metrics_lines_are_strict_json_when_a_value_is_not_finite(tmp_path, data_dir):
+    class NanValidation(TokenWindows):
+        def val_loss(self, *args):
+            return float("nan")
+
+    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path / "run"), model_overrides=SMALL_OVERRIDES, block_size=32,
+                      batch_size=8, max_steps=2, eval_interval=1, eval_batches=1, progress=False)
+    train(cfg, NanValidation(str(data_dir)))
+
+    def reject(constant):
+        raise ValueError(constant)
+
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line, parse_constant=reject)["val_loss"] for line in lines] == [None, None]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_float16_without_cuda_is_a_one_line_error(tmp_path, data_dir, capsys):
+    code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--max-steps", "2", "--dtype", "float16"))
+    assert code == 2 and "--dtype float16 needs a CUDA GPU" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_loss_curve_is_redrawn_at_each_validation(tmp_path, data_dir, capsys, monkeypatch):
+    import backpacklm.plots
+
+    drawn_at = []  # metrics records on disk at each drawing
+
+    def loss_curve(metrics_path, png_path, baseline=None):
+        drawn_at.append(len(Path(metrics_path).read_text().splitlines()))
+        return plot(metrics_path, png_path, baseline)
+
+    plot = backpacklm.plots.loss_curve
+    monkeypatch.setattr(backpacklm.plots, "loss_curve", loss_curve)
+    args = train_args(data_dir, tmp_path / "run", "--max-steps", "6", "--eval-interval", "2", "--log-interval", "1")
+    assert run_cli(capsys, *args)[0] == 0
+    assert drawn_at == [2, 4, 6]
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+
+
+def test_tokens_per_second_leaves_out_validation_time(tmp_path, data_dir):
+    class SlowValidation(TokenWindows):
+        def val_loss(self, *args):
+            time.sleep(1.5)
+            return 1.0
+
+    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path / "run"), model_overrides=SMALL_OVERRIDES, block_size=32,
+                      batch_size=8, max_steps=4, eval_interval=2, log_interval=2, progress=False)
+    train(cfg, SlowValidation(str(data_dir)))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    window_seconds = [2 * 8 * 32 / r["tokens_per_s"] for r in records]  # 2 steps of 8 x 32 tokens per record
+    assert [r["step"] for r in records] == [2, 4] and max(window_seconds) < 1.0, window_seconds
+
+
+def test_min_lr_above_lr_is_a_one_line_error(tmp_path, data_dir, capsys):
+    code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--max-steps", "2", "--min-lr", "0.01"))
+    assert code == 2 and "--min-lr 0.01 is above --lr 0.003" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_warmup_as_long_as_the_run_is_reported(tmp_path, data_dir, capsys):
+    code, out, err = run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--max-steps", "4", "--log-interval", "1"))
+    assert code == 0, err
+    assert "note: warmup (5 steps) is not shorter than the run (4 steps): the lr only rises, to 0.0024 at" in out
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([6e-4, 1.2e-3, 1.8e-3, 2.4e-3])
+    code, out, _ = run_cli(capsys, *train_args(data_dir, tmp_path / "run5", "--max-steps", "6", "--log-interval", "1"))
+    assert code == 0 and "note: warmup" not in out
+
+
+def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):
+    run = tmp_path / "run"
+    assert run_cli(capsys, *train_args(data_dir, run, "--max-steps", "6", "--eval-interval", "3"))[0] == 0
+    for extra, named in [(("--max-steps", "4"), "--max-steps 4 (run: 6)"), (("--max-steps", "9"), "--max-steps 9 (run: 6)"),
+                         (("--batch-size", "4"), "--batch-size 4 (run: 8)"), (("--block-size", "16"), "--block-size 16 (run: 32)"),
+                         (("--lr", "1e-3"), "--lr 0.001 (run: 0.003)"), (("--grad-accum", "2"), "--grad-accum 2 (run: 1)")]:
+        code, _, err = run_cli(capsys, *train_args(data_dir, run, "--resume", *extra))
+        assert code == 2 and named in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert json.loads((run / "latest.json").read_text())["step"] == 6
+
+
+def test_resume_refuses_a_stop_it_has_passed(tmp_path, data_dir, capsys):
+    run = tmp_path / "run"
+    assert run_cli(capsys, *train_args(data_dir, run, "--max-steps", "8", "--stop-after", "4"))[0] == 0
+    code, _, err = run_cli(capsys, *train_args(data_dir, run, "--max-steps", "8", "--stop-after", "4", "--resume"))
+    assert code == 2 and "--stop-after 4 is not beyond step-0000004" in err, err
+    assert json.loads((run / "latest.json").read_text())["step"] == 4
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, capsys):

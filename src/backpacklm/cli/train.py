@@ -46,7 +46,8 @@ def add_training_arguments(p, warmup_steps: int = 100, eval_interval: int = 250,
     p.add_argument("--checkpoint-interval", type=positive_int, default=None, help="default: eval interval")
     p.add_argument("--seed", type=non_negative_int, default=1337)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast: auto is bfloat16 on a GPU that has it, else float32; float16 only on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")

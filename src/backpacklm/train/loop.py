@@ -81,6 +81,8 @@ class TrainConfig:
             log_interval="positive_int", checkpoint_interval="positive_int", seed="non_negative_int",
             threads="positive_int",
         )
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise BackpackError(f"--min-lr {self.min_lr:g} is above --lr {self.lr:g}: the decay would raise the lr")
 
 
 def model_config(cfg: TrainConfig, meta: dict) -> BackpackConfig:
@@ -164,6 +166,10 @@ class StopRequest:
 
 
 def _autocast(device: str, dtype: str):
+    """(context factory, GradScaler or None) for `dtype` on `device`; float16 needs CUDA, whose scaler it relies on."""
+    if dtype == "float16" and not device.startswith("cuda"):
+        raise BackpackError(f"--dtype float16 needs a CUDA GPU (for its loss scaling), not {device}; "
+                            "use bfloat16 (CPU autocast) or float32")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
     if dtype == "float32":
@@ -198,6 +204,26 @@ def _check_data_tokenizer(data, model_tokenizer, model) -> None:
         data.data.check_tokenizer(model_tokenizer, model)
 
 
+def run_settings(cfg: TrainConfig) -> dict:
+    """The settings that shape a run's updates; a resumed run must keep them to continue the same trajectory."""
+    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+    return {"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "lr": cfg.lr, "min_lr": min_lr,
+            "warmup_steps": cfg.warmup_steps, "decay": cfg.decay, "weight_decay": cfg.weight_decay,
+            "betas": list(cfg.betas), "grad_clip": cfg.grad_clip}
+
+
+def _check_resume_settings(cfg: TrainConfig, state: dict) -> None:
+    """--resume continues the saved schedule: a different total, block size or update setting is refused, not
+    silently applied (a longer run is a new run started with --init-from)."""
+    saved = {"max_steps": state["max_steps"], "block_size": state["block_size"], **state.get("settings", {})}
+    given = {"max_steps": cfg.max_steps or saved["max_steps"], "block_size": cfg.block_size or saved["block_size"],
+             **run_settings(cfg)}
+    clash = [f"--{k.replace('_', '-')} {given[k]} (run: {v})" for k, v in saved.items() if given[k] != v]
+    if clash:
+        raise BackpackError(f"--resume continues the run's own settings; this command differs: {', '.join(clash)}; "
+                            "repeat the run's settings, or start a new run with --init-from")
+
+
 def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
     run_dir = Path(cfg.out)
     checkpoint = latest_checkpoint(run_dir)
@@ -218,6 +244,9 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         clash = {k: v for k, v in cfg.model_overrides.items() if getattr(model.config, k, v) != v}
         if clash:
             raise BackpackError(f"--resume: the checkpoint's config differs from the requested settings: {clash}")
+        _check_resume_settings(cfg, state)
+        if cfg.stop_after is not None and cfg.stop_after <= state["step"]:
+            raise BackpackError(f"--stop-after {cfg.stop_after} is not beyond {checkpoint.name}, where the run stands")
     else:
         if checkpoint is not None:
             raise BackpackError(
@@ -245,7 +274,11 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         )
     micro_batch = cfg.batch_size // cfg.grad_accum  # global sequences per micro-step, split across processes
     per_rank = micro_batch // env.world_size
-    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+    min_lr = run_settings(cfg)["min_lr"]
+    if env.is_main and cfg.warmup_steps >= max_steps:
+        last_lr = learning_rate(max_steps - 1, cfg.lr, min_lr, cfg.warmup_steps, max_steps, cfg.decay)
+        print(f"note: warmup ({cfg.warmup_steps} steps) is not shorter than the run ({max_steps} steps): the lr only "
+              f"rises, to {last_lr:g} at the last step, and never decays", flush=True)
     checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
 
     device = env.device
@@ -285,7 +318,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
         if env.is_main:
             save_checkpoint(
                 run_dir, step, model, data.tokenizer, optimizer,
-                {"max_steps": max_steps, "block_size": block_size, "arch": config.model_type,
+                {"max_steps": max_steps, "block_size": block_size, "settings": run_settings(cfg), "arch": config.model_type,
                  "data_meta": {k: data.meta.get(k) for k in ("vocab_size", "n_train_tokens", "n_val_tokens")},
                  "best_val_loss": best, "val_loss": val_loss},
                 rng,
@@ -318,8 +351,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                 raise BackpackError(f"loss became {step_loss} at step {step + 1}; stopped, {where}")
             if scaler:
                 scaler.unscale_(optimizer)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf).item()  # pre-clip
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -332,25 +364,29 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             if step % cfg.log_interval == 0 or step == max_steps:
                 rate = window_tokens / max(time.time() - window_start, 1e-9)
                 window_start, window_tokens = time.time(), 0
-                record = {"step": step, "lr": lr, "train_loss": step_loss, "tokens_per_s": rate,
+                record = {"step": step, "lr": lr, "train_loss": step_loss, "grad_norm": grad_norm, "tokens_per_s": rate,
                           "elapsed_s": time.time() - start_time}
                 bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:,.0f}", val=f"{last_val:.3f}" if last_val else "-")
             out_of_time = cfg.max_minutes is not None and (time.time() - start_time) > 60 * cfg.max_minutes
             stopping = (step == max_steps or step == cfg.stop_after
                         or distributed.mean_across(env, float(stop.requested or out_of_time)) > 0)
+            paused = time.time()
             if step % cfg.eval_interval == 0 or stopping:
                 last_val = data.val_loss(model, block_size, per_rank or 1, cfg.eval_batches, device)
                 best = min(best, last_val)
-                record = {**(record or {"step": step, "lr": lr, "train_loss": step_loss,
+                record = {**(record or {"step": step, "lr": lr, "train_loss": step_loss, "grad_norm": grad_norm,
                                         "elapsed_s": time.time() - start_time}), "val_loss": last_val}
                 if env.is_main and cfg.progress:
                     bar.write(f"step {step}: train loss {step_loss:.4f}, val loss {last_val:.4f} "
                               f"(unigram baseline {baseline:.4f})")
             if record and env.is_main:
                 with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(json.dumps({k: _finite_or_none(v) for k, v in record.items()}) + "\n")
+                if "val_loss" in record:  # the curve follows the run, and outlives a run that fails later
+                    _plot_losses(metrics_path, run_dir / "loss_curve.png", baseline)
             if step % checkpoint_interval == 0 or stopping:
                 checkpoint_now(last_val)
+            window_start += time.time() - paused  # tokens/s measures training, not validation or checkpoints
             bar.update(1)
             if stopping:
                 break
@@ -363,10 +399,18 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                "checkpoint": str(latest_checkpoint(run_dir)) if env.is_main else None}
     if env.is_main:
         write_json_atomic(run_dir / "summary.json", summary)
-        from ..plots import loss_curve
-
-        loss_curve(metrics_path, run_dir / "loss_curve.png", baseline)
     return summary
+
+
+def _plot_losses(metrics_path: Path, png_path: Path, baseline: float) -> None:
+    from ..plots import loss_curve  # matplotlib only once there is something to plot
+
+    loss_curve(metrics_path, png_path, baseline)
+
+
+def _finite_or_none(value):
+    """JSON has no NaN or infinity: such a metric (e.g. the gradient norm of an fp16 step the scaler skips) is null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
