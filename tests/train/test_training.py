@@ -192,10 +192,25 @@ def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):
     assert run_cli(capsys, *train_args(data_dir, run, "--max-steps", "6", "--eval-interval", "3"))[0] == 0
     for extra, named in [(("--max-steps", "4"), "--max-steps 4 (run: 6)"), (("--max-steps", "9"), "--max-steps 9 (run: 6)"),
                          (("--batch-size", "4"), "--batch-size 4 (run: 8)"), (("--block-size", "16"), "--block-size 16 (run: 32)"),
-                         (("--lr", "1e-3"), "--lr 0.001 (run: 0.003)"), (("--grad-accum", "2"), "--grad-accum 2 (run: 1)")]:
+                         (("--lr", "2e-3"), "--lr 0.002 (run: 0.003)"), (("--grad-accum", "2"), "--grad-accum 2 (run: 1)")]:
         code, _, err = run_cli(capsys, *train_args(data_dir, run, "--resume", *extra))
         assert code == 2 and named in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert json.loads((run / "latest.json").read_text())["step"] == 6
+
+
+def test_plain_resume_keeps_the_runs_own_settings(tmp_path, data_dir, capsys):
+    """--resume with none of the run's options repeated continues with the run's batch size, lr, warmup and
+    clipping (saved in the checkpoint), not the command-line defaults, and ends where the unbroken run ends."""
+    settings = ("--max-steps", "6", "--eval-interval", "3", "--batch-size", "4", "--lr", "2e-3", "--warmup-steps", "2",
+                "--grad-clip", "0.5", "--weight-decay", "0.05", "--decay", "linear")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert run_cli(capsys, *train_args(data_dir, straight, *settings))[0] == 0
+    assert run_cli(capsys, *train_args(data_dir, broken, *settings, "--stop-after", "3"))[0] == 0
+    code, _, err = run_cli(capsys, "train", "--data", data_dir, "--out", broken, "--eval-interval", "3",
+                           "--eval-batches", "4", "--no-progress", "--resume")
+    assert code == 0, err
+    a, b = weights(straight), weights(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_refuses_a_stop_it_has_passed(tmp_path, data_dir, capsys):

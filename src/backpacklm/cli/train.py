@@ -74,8 +74,33 @@ def training_kwargs(args) -> dict:
 def run(args) -> int:
     from ..train.loop import TrainConfig, train
 
+    adopt_run_settings(args)
     summary = train(TrainConfig(data=args.data, **training_kwargs(args)))
     return report(summary)
+
+
+def adopt_run_settings(args) -> None:
+    """--resume: each update setting left at its default (batch size, accumulation, lr, min lr, warmup, decay,
+    weight decay, clipping) takes the run's own value from its latest checkpoint, so `--data D --out R --resume`
+    continues any run; a value given on the command line that differs from the run's is refused by the loop."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from ..train.checkpoint import STATE_JSON, latest_checkpoint
+
+    checkpoint = latest_checkpoint(Path(args.out)) if args.resume else None
+    if checkpoint is None:
+        return  # nothing to adopt; the loop says what is missing
+    try:
+        saved = json.loads((checkpoint / STATE_JSON).read_text(encoding="utf-8")).get("settings", {})
+    except (OSError, ValueError, AttributeError):
+        return  # the loop reports the broken training state
+    defaults = argparse.ArgumentParser()
+    add_training_arguments(defaults)
+    for name, value in saved.items():
+        if hasattr(args, name) and getattr(args, name) == defaults.get_default(name):
+            setattr(args, name, value)
 
 
 def report(summary: dict) -> int:
