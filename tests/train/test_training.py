@@ -117,6 +117,27 @@ def test_grad_norm_is_logged_before_clipping(tmp_path, data_dir, capsys):
     assert free[1]["train_loss"] != clipped[1]["train_loss"]  # clipping to 1e-6 changed the first update
 
 
+def test_accumulated_step_is_the_mean_over_all_its_targets(tmp_path, data_dir):
+    """Micro-batches with different numbers of targets (labels masked by content, as padding does in instruction
+    data): 4 x 2 sequences give one batch of 8's loss and gradient; the mean of per-micro-batch means did not."""
+    class SparseTargets(TokenWindows):
+        def train_batch(self, n, block_size, generator):
+            batch = super().train_batch(n, block_size, generator)
+            labels = batch["labels"].clone()  # rows opening with an odd id keep a third of their targets
+            labels[(labels % 3 != 0) & (labels[:, :1] % 2 == 1)] = -100
+            return {"input_ids": batch["input_ids"], "labels": labels}
+
+    first = {}
+    for accum in (1, 4):
+        out = tmp_path / f"accum{accum}"
+        cfg = TrainConfig(data=str(data_dir), out=str(out), model_overrides=SMALL_OVERRIDES, block_size=32,
+                          batch_size=8, grad_accum=accum, max_steps=1, eval_batches=1, progress=False)
+        train(cfg, SparseTargets(str(data_dir)))
+        first[accum] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first[4]["train_loss"] == pytest.approx(first[1]["train_loss"], rel=1e-5)
+    assert first[4]["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=1e-4)
+
+
 def test_metrics_lines_are_strict_json_when_a_value_is_not_finite(tmp_path, data_dir):
     class NanValidation(TokenWindows):
         def val_loss(self, *args):

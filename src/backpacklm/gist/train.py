@@ -131,6 +131,11 @@ class InstructionBatches:
         picks = torch.randint(len(self.train), (n,), generator=generator).tolist()
         return self._batch([self.train[i] for i in picks])
 
+    def loss_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Completion tokens the loss averages over (causal LMs shift the labels by one; T5's are the targets)."""
+        labels = batch["labels"] if self.seq2seq else batch["labels"][:, 1:]
+        return int((labels != IGNORE).sum())
+
     @torch.no_grad()
     def val_loss(self, model, block_size: int, batch_size: int, max_batches: int, device) -> float:
         """Mean cross-entropy (nats/token) over the completion tokens of the first validation batches."""
@@ -141,8 +146,7 @@ class InstructionBatches:
         batch_size = max(batch_size, 8)
         for start in range(0, min(len(self.val), batch_size * max_batches), batch_size):
             batch = {k: v.to(device) for k, v in self._batch(self.val[start:start + batch_size]).items()}
-            labels = batch["labels"] if self.seq2seq else batch["labels"][:, 1:]  # causal LMs shift by one
-            n = int((labels != IGNORE).sum())
+            n = self.loss_tokens(batch)
             total += forward(**batch, use_cache=False).loss.item() * n
             count += n
         model.train(was_training)

@@ -6,6 +6,9 @@ the same methods (e.g. `backpacklm.gist.train.InstructionBatches`: left-padded i
 
 Data parallelism draws one global batch per micro-step from a generator that every rank seeds identically, and each
 rank takes its own slice, so a 2-process run sees exactly the batches of a 1-process run with twice the batch size.
+A step's loss is the mean over all its target tokens: each (micro-batch, rank) part's mean loss is weighted by its
+share of the step's targets (`loss_tokens`), so accumulation and data parallelism give the gradient of one big batch
+also when batches hold different numbers of targets (padded instruction data).
 """
 
 from __future__ import annotations
@@ -110,7 +113,8 @@ class TokenWindows:
     """Batch source over a prepared data folder: random windows for training, consecutive windows for validation.
 
     A source has `meta` (vocab_size, eot_id, n_train_tokens, ...), `tokenizer`, `prepare_model(model, fresh)`,
-    `train_batch(n, block_size, generator)` -> forward kwargs with labels, `val_loss(model, block_size, batch_size,
+    `train_batch(n, block_size, generator)` -> forward kwargs with labels, `loss_tokens(batch)` -> how many target
+    tokens its loss averages over, `val_loss(model, block_size, batch_size,
     max_batches, device)`, `unigram_baseline(vocab_size)` and `training_module(model)`, the module the loop calls
     with each batch (the model, or e.g. a wrapper that gives T5's encoder and cross-attention their own gist masks).
     """
@@ -134,6 +138,10 @@ class TokenWindows:
     def train_batch(self, n: int, block_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         batch = sample_batch(self.data.train, n, block_size, generator)
         return {"input_ids": batch, "labels": batch}
+
+    def loss_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Targets the loss averages over: every label but each row's first (the model shifts by one)."""
+        return int((batch["labels"][:, 1:] != -100).sum())
 
     def val_loss(self, model, block_size: int, batch_size: int, max_batches: int, device) -> float:
         return mean_loss(model, self.data.val, block_size, batch_size, max_batches, device)
@@ -335,13 +343,15 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_loss = 0.0
-            for micro in range(cfg.grad_accum):
-                batch = data.train_batch(micro_batch, block_size, generator)
+            batches = [data.train_batch(micro_batch, block_size, generator) for _ in range(cfg.grad_accum)]
+            step_targets = max(sum(data.loss_tokens(b) for b in batches), 1)  # the same on every rank
+            for micro, batch in enumerate(batches):
                 window_tokens += batch["input_ids"].numel()
                 batch = {k: v[env.rank * per_rank:(env.rank + 1) * per_rank].to(device) for k, v in batch.items()}
+                share = data.loss_tokens(batch) * env.world_size / step_targets  # DDP averages over the ranks
                 sync = contextlib.nullcontext() if (not env.enabled or micro == cfg.grad_accum - 1) else train_model.no_sync()
                 with sync, autocast():
-                    loss = train_model(**batch, use_cache=False).loss / cfg.grad_accum
+                    loss = train_model(**batch, use_cache=False).loss * share
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.item()
             step_loss = distributed.mean_across(env, step_loss)
