@@ -1,4 +1,4 @@
-"""Shared test helpers: a small deterministic corpus and a CLI runner."""
+"""Shared test helpers: a small deterministic corpus, a tiny saved model and a CLI runner."""
 
 from __future__ import annotations
 
@@ -38,3 +38,19 @@ def cli_error(capsys, *argv: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def save_tiny_char_backpack(directory: Path, text: str = "abcdef \n", n_positions: int = 16) -> Path:
+    """An untrained 1-layer Backpack (seed 0) with a character tokenizer over `text`, saved in `directory`."""
+    import torch
+
+    from backpacklm.data.tokenizers import build_char_tokenizer
+    from backpacklm.model.config import BackpackConfig
+    from backpacklm.model.transformer import build_model
+
+    tokenizer = build_char_tokenizer(text)
+    torch.manual_seed(0)
+    build_model(BackpackConfig(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_senses=2,
+                               n_positions=n_positions)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

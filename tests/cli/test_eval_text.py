@@ -5,22 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from backpacklm.data.tokenizers import build_char_tokenizer
-from backpacklm.model.config import BackpackConfig
-from backpacklm.model.transformer import build_model
-from tests.helpers import cli_error, run_cli
+from tests.helpers import cli_error, run_cli, save_tiny_char_backpack
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_text")
-    tokenizer = build_char_tokenizer("abcdef \n")
-    torch.manual_seed(0)
-    build_model(BackpackConfig(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_senses=2,
-                               n_positions=8)).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save_tiny_char_backpack(root / "model", n_positions=8)
     return root
 
 
@@ -35,11 +27,7 @@ def test_every_token_but_the_first_is_scored(model_dir, capsys, text, scored):
 
 def test_end_of_text_string_in_the_file_is_text(tmp_path, capsys):
     """A literal <|endoftext|> in the file is 13 characters, as `data prepare` reads it, not the special token."""
-    tokenizer = build_char_tokenizer("ab<|endoftext|>")
-    torch.manual_seed(0)
-    build_model(BackpackConfig(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_senses=2,
-                               n_positions=32)).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    save_tiny_char_backpack(tmp_path / "model", "ab<|endoftext|>", n_positions=32)
     (tmp_path / "t.txt").write_text("ab<|endoftext|>ab")
     code, out, err = run_cli(capsys, "eval", "--model", tmp_path / "model", "--text", tmp_path / "t.txt",
                              "--no-progress")

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from backpacklm.data.tokenizers import build_char_tokenizer
-from backpacklm.model.config import BackpackConfig
-from backpacklm.model.transformer import build_model
-from tests.helpers import cli_error, run_cli
+from tests.helpers import cli_error, run_cli, save_tiny_char_backpack
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sample_options")
-    tokenizer = build_char_tokenizer("abcdef \n")
-    torch.manual_seed(0)
-    build_model(BackpackConfig(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_senses=2,
-                               n_positions=16)).save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    return root
+    return save_tiny_char_backpack(tmp_path_factory.mktemp("sample_options"))
 
 
 def test_greedy_with_several_samples_is_a_one_line_error(model_dir, capsys):
