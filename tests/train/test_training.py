@@ -154,6 +154,22 @@ def test_metrics_lines_are_strict_json_when_a_value_is_not_finite(tmp_path, data
     assert [json.loads(line, parse_constant=reject)["val_loss"] for line in lines] == [None, None]
 
 
+def test_checkpoint_before_any_validation_is_strict_json_and_resumes(tmp_path, data_dir, capsys):
+    """A checkpoint written before the first validation had best_val_loss Infinity (not JSON); now null."""
+    run = tmp_path / "run"
+    args = train_args(data_dir, run, "--max-steps", "4", "--checkpoint-interval", "1", "--eval-interval", "3")
+    assert run_cli(capsys, *args, "--stop-after", "2")[0] == 0  # step 1: a checkpoint, no validation yet
+
+    def reject(constant):
+        raise ValueError(constant)
+
+    state = json.loads((run / "step-0000001" / "training_state.json").read_text(), parse_constant=reject)
+    assert state["best_val_loss"] is None
+    assert run_cli(capsys, *args, "--resume")[0] == 0
+    summary = json.loads((run / "summary.json").read_text(), parse_constant=reject)
+    assert summary["step"] == 4 and 0 < summary["best_val_loss"] <= summary["val_loss"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_float16_without_cuda_is_a_one_line_error(tmp_path, data_dir, capsys):
     code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--max-steps", "2", "--dtype", "float16"))

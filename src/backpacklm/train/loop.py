@@ -304,7 +304,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             print(f"note: {checkpoint.name} was trained with {saved_ranks} process(es), this run has "
                   f"{env.world_size}: dropout streams restart from the seed", flush=True)
     step = state.get("step", 0)
-    best = state.get("best_val_loss", math.inf)
+    best = state.get("best_val_loss") or math.inf  # None (JSON null): no validation yet
 
     train_model = data.training_module(model)
     if cfg.compile:
@@ -328,7 +328,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
                 run_dir, step, model, data.tokenizer, optimizer,
                 {"max_steps": max_steps, "block_size": block_size, "settings": run_settings(cfg), "arch": config.model_type,
                  "data_meta": {k: data.meta.get(k) for k in ("vocab_size", "n_train_tokens", "n_val_tokens")},
-                 "best_val_loss": best, "val_loss": val_loss},
+                 "best_val_loss": _finite_or_none(best), "val_loss": val_loss},
                 rng,
             )
         distributed.barrier(env)
@@ -404,7 +404,8 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
 
     early = step < max_steps and step != cfg.stop_after
     stopped_by = (stop.signal or ("time limit" if out_of_time else "a signal to another process")) if early else None
-    summary = {"step": step, "max_steps": max_steps, "stopped_by": stopped_by, "val_loss": last_val, "best_val_loss": best,
+    summary = {"step": step, "max_steps": max_steps, "stopped_by": stopped_by, "val_loss": last_val,
+               "best_val_loss": _finite_or_none(best),
                "unigram_val_loss": baseline, "train_seconds": time.time() - start_time,
                "checkpoint": str(latest_checkpoint(run_dir)) if env.is_main else None}
     if env.is_main:
@@ -419,7 +420,8 @@ def _plot_losses(metrics_path: Path, png_path: Path, baseline: float) -> None:
 
 
 def _finite_or_none(value):
-    """JSON has no NaN or infinity: such a metric (e.g. the gradient norm of an fp16 step the scaler skips) is null."""
+    """JSON has no NaN or infinity: such a value (the gradient norm of an fp16 step the scaler skips; the best
+    validation loss before any validation) is written as null."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
