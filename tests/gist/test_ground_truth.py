@@ -40,7 +40,10 @@ WORLD = InstructionWorldConfig(
 )
 MODEL = dict(n_embd=32, n_layer=4, n_head=4, n_positions=128)  # the long split's prompts are ~90 tokens
 BASE = dict(max_steps=1200, batch_size=32, lr=1e-2, warmup_steps=30, seed=0)
-FINETUNE = dict(max_steps=600, batch_size=32, lr=3e-3, warmup_steps=30, seed=0)
+# Fine-tuning 1200 steps at 6e-3, not 600 at 3e-3: the gist mask has both hops to learn here, and at 600/3e-3 gist-1
+# reached 74-99 over world/training seeds 0-3 against pos_control's 94-99 (more than 10 below it on seeds 1 and 2);
+# 1200 at 3e-3 left it 1-10 points inside the bar. Measured at 1200/6e-3: see the quality test's docstring.
+FINETUNE = dict(max_steps=1200, batch_size=32, lr=6e-3, warmup_steps=30, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +88,8 @@ def models(base, world, tmp_path_factory):
 
 
 def test_gist_quality_matches_pos_control_and_beats_neg_control(models, world):
-    """Measured here: gist-1 / pos_control / neg_control 96.0 / 100.0 / 30.0 (training seed 0), 99.0 / 99.0 / 30.0
-    (seed 1)."""
+    """Measured here (Intel AVX-512), gist-1 / pos_control / neg_control with world and training seed s: s=0 (the
+    test's) 100 / 100 / 27, s=1 97 / 99 / 28, s=2 99 / 100 / 29, s=3 97 / 100 / 36."""
     seen = load_examples(world["seen"])  # seen phrasings, (instruction, input) pairs never trained on
     references = [e.output for e in seen]
     scores = {c: rouge_l(predict(*models(c), seen, batch_size=50, max_new_tokens=4), references) for c in CONDITIONS}
