@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from backpacklm.data.prepare import prepare_corpus
 from backpacklm.train.loop import TokenWindows, TrainConfig, train
-from tests.helpers import run_cli, write_corpus
+from tests.helpers import cli_error, run_cli, write_corpus
 
 SMALL_OVERRIDES = dict(n_embd=48, n_layer=2, n_head=2, num_senses=4, n_positions=64)
 SMALL = ["--n-embd", "48", "--n-layer", "2", "--n-head", "2", "--num-senses", "4", "--n-positions", "64"]
@@ -105,6 +105,11 @@ def test_resume_errors(tmp_path, data_dir, capsys):
     assert run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--max-steps", "4", "--eval-interval", "2"))[0] == 0
     code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path / "run", "--resume", "--num-senses", "8"))
     assert code == 2 and "config differs" in err
+    broken = tmp_path / "broken"  # a run manifest holding a list (the run side read it with a bare ["checkpoint"])
+    broken.mkdir()
+    (broken / "latest.json").write_text("[1]")
+    line = cli_error(capsys, *train_args(data_dir, broken, "--resume"))
+    assert "latest.json is not a valid run manifest" in line
 
 
 def test_grad_norm_is_logged_before_clipping(tmp_path, data_dir, capsys):

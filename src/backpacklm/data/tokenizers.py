@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
 
-from ..errors import BackpackError
+from ..errors import BackpackError, first_line
 
 EOT = "<|endoftext|>"
 
@@ -88,7 +88,7 @@ def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerFast:
         try:
             tokenizer = AutoTokenizer.from_pretrained("gpt2")
         except (OSError, ValueError) as err:
-            reason = _first_line(err)
+            reason = first_line(err)
             raise BackpackError(f"could not load tokenizer 'gpt2' from the Hugging Face hub ({reason}); give a folder "
                                 "with GPT-2's vocab.json + merges.txt or encoder.json + vocab.bpe instead") from None
     else:
@@ -108,17 +108,13 @@ def _load_folder(path: Path) -> PreTrainedTokenizerFast:
         try:
             return AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as err:
-            raise BackpackError(f"{path}: cannot load tokenizer ({_first_line(err)})") from None
+            raise BackpackError(f"{path}: cannot load tokenizer ({first_line(err)})") from None
         except Exception as err:  # a malformed tokenizer.json: KeyError, tokenizers' own Exception, ...
-            raise BackpackError(f"{path}: cannot load tokenizer ({type(err).__name__}: {_first_line(err)})") from None
+            raise BackpackError(f"{path}: cannot load tokenizer ({type(err).__name__}: {first_line(err)})") from None
     for vocab_name, merges_name in [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")]:
         if (path / vocab_name).is_file() and (path / merges_name).is_file():
             return _load_byte_level_bpe(path / vocab_name, path / merges_name)
     raise BackpackError(f"{path}: no tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe in it")
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _load_byte_level_bpe(vocab_file: Path, merges_file: Path) -> PreTrainedTokenizerFast:
@@ -136,7 +132,7 @@ def _load_byte_level_bpe(vocab_file: Path, merges_file: Path) -> PreTrainedToken
     try:
         return GPT2TokenizerFast(vocab=vocab, merges=merges)
     except Exception as err:  # tokenizers raises TypeError / its own Exception for non-integer ids, unknown merges
-        raise BackpackError(f"{vocab_file} / {merges_file}: not a usable BPE ({_first_line(err)})") from None
+        raise BackpackError(f"{vocab_file} / {merges_file}: not a usable BPE ({first_line(err)})") from None
 
 
 def _backend(tokenizer) -> Tokenizer | None:

@@ -30,7 +30,7 @@ from transformers import DynamicCache
 
 from ..atomic import replacing
 from ..checks import check_fields
-from ..errors import BackpackError
+from ..errors import BackpackError, first_line
 from ..model.loading import max_positions
 from ..data.batching import pad_rows
 from ..data.tokenizers import encode_strict
@@ -140,7 +140,7 @@ def load_compressed(path: str | Path, model=None) -> CompressedPrompts:
     except FileNotFoundError:
         raise BackpackError(f"compressed-prompt file {path} does not exist") from None
     except (SafetensorError, OSError, ValueError) as err:
-        raise BackpackError(f"{path} is not a readable compressed-prompt file ({str(err).splitlines()[0]})") from None
+        raise BackpackError(f"{path} is not a readable compressed-prompt file ({first_line(err)})") from None
     if model is not None and header["model_id"] != model_fingerprint(model):
         raise BackpackError(f"{path} was compressed by another model (its config/weights fingerprint differs)")
     layers = [(tensors[f"layer.{i}.keys"], tensors[f"layer.{i}.values"]) for i in range(header["n_layers"])]

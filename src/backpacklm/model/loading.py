@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import BackpackError
+from ..errors import BackpackError, first_line
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -14,7 +14,7 @@ def resolve_model_dir(path: str | Path) -> Path:
     if (path / "config.json").is_file():
         return path
     if (path / "latest.json").is_file():
-        checkpoint = path / _latest_checkpoint(path / "latest.json")
+        checkpoint = path / read_run_manifest(path / "latest.json")
         if not (checkpoint / "config.json").is_file():  # a manifest points at a checkpoint, not at another run
             raise BackpackError(f"{path / 'latest.json'} names {checkpoint}, which is not a model directory")
         return checkpoint
@@ -23,8 +23,9 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise BackpackError(f"{path} is not a model directory (no config.json) nor a training run (no latest.json)")
 
 
-def _latest_checkpoint(manifest: Path) -> str:
-    """The checkpoint folder name in a run's latest.json ({"checkpoint": "step-0000400", ...})."""
+def read_run_manifest(manifest: Path) -> str:
+    """The checkpoint folder name in a run's latest.json ({"checkpoint": "step-0000400", ...}); a manifest that is
+    unreadable or names no folder is a BackpackError."""
     try:
         latest = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -116,7 +117,7 @@ def load_model(path: str | Path, device: str = "cpu", **kwargs):
     except BackpackError:
         raise
     except Exception as err:  # corrupted / truncated / foreign files surface as many exception types
-        raise BackpackError(f"cannot load a model from {model_dir}: {_first_line(err)}") from None
+        raise BackpackError(f"cannot load a model from {model_dir}: {first_line(err)}") from None
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(_describe_key, sorted(v, key=str)[:3]))}"
@@ -135,10 +136,4 @@ def load_tokenizer_if_present(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(model_dir)
     except Exception as err:
-        raise BackpackError(f"cannot load the tokenizer in {model_dir}: {_first_line(err)}") from None
-
-
-def _first_line(err: Exception) -> str:
-    """The first line of an exception's message (transformers' can run to several), or its type's name."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        raise BackpackError(f"cannot load the tokenizer in {model_dir}: {first_line(err)}") from None

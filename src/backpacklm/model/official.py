@@ -32,7 +32,7 @@ import torch
 
 from ..atomic import replacing
 from ..checks import check
-from ..errors import BackpackError
+from ..errors import BackpackError, first_line
 from .config import BackpackConfig
 from .modeling_backpack import BackpackForCausalLM
 
@@ -94,11 +94,6 @@ def _name_map(n_layer: int) -> list[tuple[str, str, bool]]:
     return pairs
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0].strip() if text else type(err).__name__
-
-
 def _shape(t) -> str:
     return "[" + ", ".join(str(n) for n in t) + "]"
 
@@ -142,7 +137,7 @@ def official_config_to_ours(official: dict) -> BackpackConfig:
     except BackpackError:
         raise
     except Exception as err:  # strict dataclass validation: wrong types or values
-        raise BackpackError(f"invalid official config: {_first_line(err)}") from None
+        raise BackpackError(f"invalid official config: {first_line(err)}") from None
     sizes = {name: getattr(config, name) for name in ("vocab_size", "n_positions", "sense_intermediate_scale")}
     if config.n_inner is not None:  # null: 4 * n_embd
         sizes["n_inner"] = config.n_inner
@@ -247,7 +242,7 @@ def _read_weights_file(path: Path) -> dict:
             return load_file(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated / corrupt / pickled objects: safetensors, pickle and torch raise many types
-        raise BackpackError(f"cannot read weights file {path}: {_first_line(err)}") from None
+        raise BackpackError(f"cannot read weights file {path}: {first_line(err)}") from None
 
 
 def _read_weights(directory: Path) -> dict:
@@ -261,7 +256,7 @@ def _read_weights(directory: Path) -> dict:
             weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
             shards = sorted(set(weight_map.values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise BackpackError(f"cannot read shard index {path}: {_first_line(err)}") from None
+            raise BackpackError(f"cannot read shard index {path}: {first_line(err)}") from None
         sd = {}
         for shard in shards:
             shard_path = directory / shard
@@ -289,7 +284,7 @@ def read_official_config(directory: str | Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise BackpackError(f"cannot read {path}: {_first_line(err)}") from None
+        raise BackpackError(f"cannot read {path}: {first_line(err)}") from None
 
 
 def load_official(directory: str | Path) -> BackpackForCausalLM:
@@ -374,7 +369,7 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, tokenizer_dir: st
     try:
         return _save_model_dir(model, tokenizer, out_dir)
     except OSError as err:
-        raise BackpackError(f"cannot write to {out_dir}: {_first_line(err)}") from None
+        raise BackpackError(f"cannot write to {out_dir}: {first_line(err)}") from None
 
 
 def check_not_in_place(src_dir: Path, out_dir: Path) -> None:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import write_json_atomic
 from ..errors import BackpackError
+from ..model.loading import read_run_manifest
 
 STATE_JSON = "training_state.json"
 STATE_TENSORS = "training_state.safetensors"
@@ -81,10 +82,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     manifest = Path(run_dir) / "latest.json"
     if not manifest.is_file():
         return None
-    try:
-        checkpoint = Path(run_dir) / json.loads(manifest.read_text())["checkpoint"]
-    except (ValueError, KeyError) as err:
-        raise BackpackError(f"{manifest} is corrupted ({err})") from None
+    checkpoint = Path(run_dir) / read_run_manifest(manifest)
     if not checkpoint.is_dir():
         raise BackpackError(f"{manifest} points at {checkpoint.name}, which is missing")
     return checkpoint
