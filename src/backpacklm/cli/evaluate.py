@@ -33,7 +33,7 @@ def run(args) -> None:
     from ..errors import BackpackError
     from ..data.prepare import read_document
     from ..evaluation import perplexity
-    from ..model.loading import load_model, max_positions, require_causal_lm
+    from ..model.loading import load_model, max_positions
 
     if args.json:
         check_output_file(args.json)
@@ -51,7 +51,6 @@ def run(args) -> None:
         raise BackpackError(f"{args.data or args.text}: {len(tokens)} token(s); perplexity needs at least 2")
     if int(tokens.max()) >= model.config.vocab_size:
         raise BackpackError(f"token id {int(tokens.max())} is out of range for the model's vocabulary")
-    require_causal_lm(model, "eval")
     block = min(args.block_size or max_positions(model) or len(tokens), len(tokens))
     result = perplexity(model, tokens, block, args.batch_size, args.max_batches, progress=not args.no_progress)
     result["source"] = args.data or args.text
