@@ -105,6 +105,12 @@ def _top_k_probs(probs: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def require_transformer(model) -> None:
+    """BackpackError for a Backpack: PPLM steers through a Transformer's key/value cache."""
+    if getattr(model.config, "model_type", None) == "backpack":
+        raise BackpackError("PPLM perturbs a Transformer's cache; for a Backpack use sense re-weighting")
+
+
 def generate_pplm(model, prompt_ids: list[int], target_ids: list[int], max_new_tokens: int,
                   settings: PPLMSettings | None = None, num_samples: int = 1, temperature: float = 1.0,
                   top_k: int = 10, greedy: bool = False, seed: int = 0, keep_probs: bool = False) -> Generation:
@@ -113,8 +119,7 @@ def generate_pplm(model, prompt_ids: list[int], target_ids: list[int], max_new_t
     Generation.step_logits holds the log of the final (fused, filtered) next-token distribution [n, b, V] when
     keep_probs."""
     settings = settings or PPLMSettings()
-    if getattr(model.config, "model_type", None) == "backpack":
-        raise BackpackError("PPLM perturbs a Transformer's cache; for a Backpack use sense re-weighting")
+    require_transformer(model)
     if not prompt_ids:
         raise BackpackError("the prompt has no tokens")
     if not target_ids:

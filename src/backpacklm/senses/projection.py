@@ -36,9 +36,10 @@ class SenseProjection:
         return [{token.strip() for token, _ in sense[:n]} for sense in self.raised]
 
 
-def require_backpack(model) -> None:
+def require_backpack(model, what: str = "sense analysis") -> None:
+    """BackpackError unless `model` is a Backpack (`what` names the method that needs one)."""
     if getattr(model.config, "model_type", None) != "backpack":
-        raise BackpackError(f"sense analysis needs a Backpack model, not {model.config.model_type!r}")
+        raise BackpackError(f"{what} needs a Backpack model, not {model.config.model_type!r}")
 
 
 def check_sense_index(model, sense: int | None) -> None:

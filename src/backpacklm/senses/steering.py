@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from ..checks import check_fields
 from ..errors import BackpackError
 from ..sampling import encode_prompt
-from .pplm import PPLMSettings, generate_pplm
+from .pplm import PPLMSettings, generate_pplm, require_transformer
+from .projection import require_backpack
 from .steering_metrics import (Scorer, in_vocab_share, mauve_score, perplexity_of_generations, semantic_success,
                                text_features, topic_word_scorer)
 from .topic import STRENGTHS, Generation, Topic, generate_with_topic, sense_topic_scores, topic_weights
@@ -93,10 +94,7 @@ def steered_generations(model, tokenizer, topic: Topic, strength: int, method: s
                         sampling: SamplingSettings, pplm: PPLMSettings | None = None,
                         pplm_step_sizes: Sequence[float] = PPLM_STEP_SIZES, scores=None) -> tuple[list[Generation], str]:
     """One Generation per prompt (sampling.samples continuations each), and the setting's label."""
-    if method not in METHODS:
-        raise BackpackError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    if strength not in STRENGTHS:
-        raise BackpackError(f"strength must be one of {sorted(STRENGTHS)}, not {strength}")
+    _check_setting(method, strength, pplm_step_sizes)
     vocab = model.config.vocab_size
     if method == "sense":
         scores = sense_topic_scores(model, topic.target_ids) if scores is None else scores
@@ -105,8 +103,6 @@ def steered_generations(model, tokenizer, topic: Topic, strength: int, method: s
         run = lambda ids, seed: generate_with_topic(model, ids, delta, sampling.length, sampling.samples,
                                                     sampling.temperature, sampling.top_k, seed=seed)
     else:
-        if strength >= len(pplm_step_sizes):
-            raise BackpackError(f"no PPLM step size for strength {strength} (given: {list(pplm_step_sizes)})")
         settings = PPLMSettings(**{**asdict(pplm or PPLMSettings()), "step_size": float(pplm_step_sizes[strength])})
         setting = f"step {settings.step_size:g}"
         run = lambda ids, seed: generate_pplm(model, ids, topic.target_ids, sampling.length, settings, sampling.samples,
@@ -115,22 +111,25 @@ def steered_generations(model, tokenizer, topic: Topic, strength: int, method: s
     return generations, setting
 
 
+def _check_setting(method: str, strength: int, pplm_step_sizes: Sequence[float]) -> None:
+    if method not in METHODS:
+        raise BackpackError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if strength not in STRENGTHS:
+        raise BackpackError(f"strength must be one of {sorted(STRENGTHS)}, not {strength}")
+    if method == "pplm" and strength >= len(pplm_step_sizes):
+        raise BackpackError(f"no PPLM step size for strength {strength} (given: {list(pplm_step_sizes)})")
+
+
 def _check_settings(models: dict, strengths: Sequence[int], pplm_step_sizes: Sequence[float], generations: int,
                     mauve_references: Sequence[str] | None) -> None:
     """BackpackError, before anything is generated, for a setting that would fail part-way through the run."""
     for method, model in models.items():
-        if method not in METHODS:
-            raise BackpackError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-        is_backpack = model.config.model_type == "backpack"
-        if method == "sense" and not is_backpack:
-            raise BackpackError(f"sense re-weighting needs a Backpack, not a {model.config.model_type!r} model")
-        if method == "pplm" and is_backpack:
-            raise BackpackError("PPLM perturbs a Transformer's cache; for a Backpack use sense re-weighting")
-    for strength in strengths:
-        if strength not in STRENGTHS:
-            raise BackpackError(f"strength must be one of {sorted(STRENGTHS)}, not {strength}")
-        if "pplm" in models and strength >= len(pplm_step_sizes):
-            raise BackpackError(f"no PPLM step size for strength {strength} (given: {list(pplm_step_sizes)})")
+        for strength in strengths:
+            _check_setting(method, strength, pplm_step_sizes)
+        if method == "sense":
+            require_backpack(model, "sense re-weighting")
+        else:
+            require_transformer(model)
     if mauve_references is not None and (len(mauve_references) < 2 or generations < 2):
         raise BackpackError(f"MAUVE needs at least 2 reference texts and 2 generations per setting "
                             f"(given {len(mauve_references)} and {generations})")

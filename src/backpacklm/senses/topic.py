@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from ..errors import BackpackError
+from .projection import require_backpack
 from .words import word_ids
 
 STRENGTHS: dict[int, tuple[float, float, float, float]] = {
@@ -97,15 +98,10 @@ def load_topic(path: str | Path, tokenizer, vocab_size: int) -> Topic:
 
 
 # --- scores and weights -------------------------------------------------------------------------------------------
-def _require_backpack(model) -> None:
-    if getattr(model.config, "model_type", None) != "backpack":
-        raise BackpackError(f"sense re-weighting needs a Backpack model, not {model.config.model_type!r}")
-
-
 @torch.no_grad()
 def sense_topic_scores(model, target_ids: list[int], chunk: int = 1024) -> torch.Tensor:
     """score[v, l] = sum_{w in T} (C_l(v) E^T)[w] / max_u (C_l(v) E^T)[u]  ->  [V, k] float32 (Sec. 6)."""
-    _require_backpack(model)
+    require_backpack(model, "sense re-weighting")
     embeddings = model.get_input_embeddings().weight  # [V, d]
     targets = torch.tensor(target_ids, device=embeddings.device)
     rows = []
@@ -188,7 +184,7 @@ def generate_with_topic(model, prompt_ids: list[int], delta: torch.Tensor | None
 
     delta: [V, k] from `topic_weights` (None = no intervention). use_cache=False recomputes the whole sequence at
     every step (the reference the cached path must match)."""
-    _require_backpack(model)
+    require_backpack(model, "sense re-weighting")
     if not prompt_ids:
         raise BackpackError("the prompt has no tokens")
     if len(prompt_ids) + max_new_tokens > model.config.n_positions:
