@@ -110,6 +110,11 @@ def test_resume_errors(tmp_path, data_dir, capsys):
     (broken / "latest.json").write_text("[1]")
     line = cli_error(capsys, *train_args(data_dir, broken, "--resume"))
     assert "latest.json is not a valid run manifest" in line
+    state = tmp_path / "run" / "step-0000004" / "training_state.json"
+    for text in ("[1]", state.read_text()[:40]):  # not a training state; truncated
+        state.write_text(text)
+        line = cli_error(capsys, *train_args(data_dir, tmp_path / "run", "--resume"))
+        assert "training state in" in line and "is corrupted" in line
 
 
 def test_grad_norm_is_logged_before_clipping(tmp_path, data_dir, capsys):

@@ -84,18 +84,20 @@ def adopt_run_settings(args) -> None:
     weight decay, clipping) takes the run's own value from its latest checkpoint, so `--data D --out R --resume`
     continues any run; a value given on the command line that differs from the run's is refused by the loop."""
     import argparse
-    import json
     from pathlib import Path
 
-    from ..train.checkpoint import STATE_JSON, latest_checkpoint
+    from ..errors import BackpackError
+    from ..train.checkpoint import latest_checkpoint, read_state_json
 
     checkpoint = latest_checkpoint(Path(args.out)) if args.resume else None
     if checkpoint is None:
         return  # nothing to adopt; the loop says what is missing
     try:
-        saved = json.loads((checkpoint / STATE_JSON).read_text(encoding="utf-8")).get("settings", {})
-    except (OSError, ValueError, AttributeError):
+        saved = read_state_json(checkpoint).get("settings")
+    except BackpackError:
         return  # the loop reports the broken training state
+    if not isinstance(saved, dict):
+        return
     defaults = argparse.ArgumentParser()
     add_training_arguments(defaults)
     for name, value in saved.items():

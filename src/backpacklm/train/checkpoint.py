@@ -88,10 +88,24 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoint
 
 
+def read_state_json(checkpoint: Path) -> dict:
+    """The training_state.json of a checkpoint directory (step, schedule, run settings, metrics)."""
+    path = Path(checkpoint) / STATE_JSON
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BackpackError(f"{checkpoint} has no training state ({STATE_JSON} missing)") from None
+    except (ValueError, OSError) as err:
+        raise BackpackError(f"training state in {checkpoint} is corrupted or truncated ({err})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer_param_groups"), list):
+        raise BackpackError(f"training state in {checkpoint} is corrupted ({STATE_JSON} is not a training state)")
+    return state
+
+
 def load_training_state(checkpoint: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(train_state json, extra tensors, optimizer state_dict) of a checkpoint directory."""
+    train_state = read_state_json(checkpoint)
     try:
-        train_state = json.loads((checkpoint / STATE_JSON).read_text())
         # fresh (aligned) copies: MKL's summation order can depend on memory alignment, and resume must be bitwise
         tensors = {k: v.clone() for k, v in load_file(checkpoint / STATE_TENSORS).items()}
     except FileNotFoundError as err:
