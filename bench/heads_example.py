@@ -2,7 +2,7 @@
 `backpack heads importance | ffn | prune | induction | eval` on it. Their outputs (JSON + PNG) go to the folder
 bench/results/<out>/, a summary to bench/results/<out>.json (--out, default heads_example).
 
-Run:  OMP_NUM_THREADS=1 .venv/bin/python bench/heads_example.py [--steps 250]
+Run:  OMP_NUM_THREADS=1 .venv/bin/python bench/heads_example.py [--steps N]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from common import RESULTS_DIR, save_result
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: ICL_TRAINING's)")
     p.add_argument("--work", default="runs/heads_example")
     p.add_argument("--out", default="heads_example", help="results name: bench/results/<out>.json and <out>/")
     args = p.parse_args(argv)
@@ -27,7 +27,7 @@ def main(argv=None) -> None:
         p.error("--out is a name, not a path (its folder under bench/results is deleted first)")
     torch.set_num_threads(1)
     from backpacklm.cli.main import main as cli
-    from backpacklm.worlds.icl_tasks import train_icl_model
+    from backpacklm.worlds.icl_tasks import ICL_TRAINING, train_icl_model
 
     shutil.rmtree(args.work, ignore_errors=True)
     out = RESULTS_DIR / args.out
@@ -35,7 +35,8 @@ def main(argv=None) -> None:
     timings = {}
     start = time.perf_counter()
     torch.manual_seed(0)
-    run = train_icl_model(args.work, ["copy"], max_steps=args.steps)
+    steps = args.steps or ICL_TRAINING["max_steps"]
+    run = train_icl_model(args.work, ["copy"], max_steps=steps)
     timings["train"] = time.perf_counter() - start
     task = ["--builtin", "copy", "--n", "100", "--batch-size", "50", "--no-progress"]
     commands = {
@@ -58,7 +59,7 @@ def main(argv=None) -> None:
         "induction": json.loads((out / "induction.json").read_text()),
         "eval_pruned_50": json.loads((out / "eval.json").read_text())[0]["accuracy"],
         "seconds": timings,
-        "steps": args.steps,
+        "steps": steps,
     }
     save_result(args.out, summary)
 

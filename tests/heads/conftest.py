@@ -41,12 +41,8 @@ def induction_model():
 
 
 @pytest.fixture(scope="session")
-def copy_task_model(tmp_path_factory):
-    """(model, tokenizer, run dir): our trainer's 2-layer Transformer on the built-in copy task's corpus."""
+def copy_task_model(copy_task_run):
+    """(model, tokenizer) of the shared copy-task run (tests/conftest.py)."""
     from backpacklm.model.loading import load_model
-    from backpacklm.worlds.icl_tasks import train_icl_model
 
-    torch.manual_seed(0)
-    run = train_icl_model(tmp_path_factory.mktemp("copy_model"), ["copy"])
-    model, tokenizer = load_model(run)
-    return model, tokenizer, run
+    return load_model(copy_task_run)
