@@ -117,6 +117,14 @@ def test_resume_errors(tmp_path, data_dir, capsys):
         assert "training state in" in line and "is corrupted" in line
 
 
+def test_compile_without_a_cpp_compiler_is_a_one_line_error(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ / clang++ / c++ to be found
+    monkeypatch.delenv("CXX", raising=False)
+    line = cli_error(capsys, *train_args(data_dir, tmp_path / "run", "--compile"))
+    assert "--compile on CPU needs a C++ compiler" in line
+    assert not (tmp_path / "run" / "latest.json").exists()
+
+
 def test_grad_norm_is_logged_before_clipping(tmp_path, data_dir, capsys):
     def records(name, clip):
         args = train_args(data_dir, tmp_path / name, "--max-steps", "3", "--log-interval", "1", "--grad-clip", clip)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -194,6 +196,8 @@ def train(cfg: TrainConfig, source=None) -> dict:
     if cfg.device != "auto":
         check_device(cfg.device)
     env = distributed.setup(cfg.device)
+    if cfg.compile and env.device == "cpu":
+        _check_cpp_compiler()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -204,6 +208,13 @@ def train(cfg: TrainConfig, source=None) -> dict:
     finally:
         torch.use_deterministic_algorithms(deterministic)
         distributed.teardown(env)
+
+
+def _check_cpp_compiler() -> None:
+    """torch.compile's CPU backend (inductor) builds C++ at the first step: refuse up front when there is no compiler."""
+    if not any(name and shutil.which(name) for name in (os.environ.get("CXX"), "g++", "clang++", "c++")):
+        raise BackpackError("--compile on CPU needs a C++ compiler (g++, clang++ or $CXX) and none is on PATH; "
+                            "install one or train without --compile")
 
 
 def _check_data_tokenizer(data, model_tokenizer, model) -> None:
