@@ -48,6 +48,7 @@ def test_bow_gradient_raises_topic_mass(setup):
     for step in (0.0, 1.0):
         run = generate_pplm(model, prompt, topic.target_ids, 12, PPLMSettings(step_size=step), num_samples=4,
                             top_k=0, keep_probs=True)
+        assert not run.step_logits.requires_grad  # no autograd graph kept across the generation's steps
         mass[step] = float(run.step_logits[:, :, topic.target_ids].exp().sum(-1).mean())
     assert mass[1.0] > 2 * mass[0.0], mass
 

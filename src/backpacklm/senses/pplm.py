@@ -104,13 +104,13 @@ def _top_k_probs(probs: torch.Tensor, top_k: int) -> torch.Tensor:
     return probs / probs.sum(-1, keepdim=True)
 
 
-@torch.no_grad()
 def require_transformer(model) -> None:
     """BackpackError for a Backpack: PPLM steers through a Transformer's key/value cache."""
     if getattr(model.config, "model_type", None) == "backpack":
         raise BackpackError("PPLM perturbs a Transformer's cache; for a Backpack use sense re-weighting")
 
 
+@torch.no_grad()  # perturb_past enables gradients for its own inner loop only
 def generate_pplm(model, prompt_ids: list[int], target_ids: list[int], max_new_tokens: int,
                   settings: PPLMSettings | None = None, num_samples: int = 1, temperature: float = 1.0,
                   top_k: int = 10, greedy: bool = False, seed: int = 0, keep_probs: bool = False) -> Generation:
