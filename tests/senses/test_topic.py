@@ -130,6 +130,11 @@ def test_python_api_and_metrics(setup):
         assert 0 <= row.success <= 1 and 0 <= row.in_vocab_share <= 1
         assert 1 < row.perplexity < 10 * model.config.vocab_size and row.mauve is None
     assert "| sense | 3 | weights 3.3/3.3/3/1 |" in report.markdown()
+    # settings are refused before any generation: methods and model kinds first, also with no strengths
+    with pytest.raises(BackpackError, match="method must be one of"):
+        evaluate_steering({"bogus": model}, tokenizer, [topic], [], ["the king"])
+    with pytest.raises(BackpackError, match="PPLM perturbs a Transformer's cache"):
+        evaluate_steering({"pplm": model}, tokenizer, [topic], [7], ["the king"])
 
 
 def test_cli(setup, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
 
 from ..model.config import PRESETS
@@ -21,8 +22,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+class _StoreGiven(argparse.Action):
+    """argparse's plain store that also notes the option in `given_options`, so --resume can tell an option left
+    at its default from one given with the default's value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given_options = getattr(namespace, "given_options", frozenset()) | {self.dest}
+
+
 def add_training_arguments(p, warmup_steps: int = 100, eval_interval: int = 250, eval_batches: int = 20) -> None:
     """Model, schedule and run options shared by `backpack train` and `backpack gist train`."""
+    for name in (None, "store"):  # argparse's names for its plain store: every valued option below records itself
+        p.register("action", name, _StoreGiven)
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--arch", default="backpack", choices=ARCHITECTURES)
     for name in MODEL_FIELDS:
@@ -80,10 +92,10 @@ def run(args) -> int:
 
 
 def adopt_run_settings(args) -> None:
-    """--resume: each update setting left at its default (batch size, accumulation, lr, min lr, warmup, decay,
-    weight decay, clipping) takes the run's own value from its latest checkpoint, so `--data D --out R --resume`
-    continues any run; a value given on the command line that differs from the run's is refused by the loop."""
-    import argparse
+    """--resume: each update setting not given on the command line (batch size, accumulation, lr, min lr, warmup,
+    decay, weight decay, clipping) takes the run's own value from its latest checkpoint, so `--data D --out R
+    --resume` continues any run; a value given that differs from the run's, even the default's, is refused by the
+    loop."""
     from pathlib import Path
 
     from ..errors import BackpackError
@@ -98,10 +110,9 @@ def adopt_run_settings(args) -> None:
         return  # the loop reports the broken training state
     if not isinstance(saved, dict):
         return
-    defaults = argparse.ArgumentParser()
-    add_training_arguments(defaults)
+    given = getattr(args, "given_options", frozenset())
     for name, value in saved.items():
-        if hasattr(args, name) and getattr(args, name) == defaults.get_default(name):
+        if hasattr(args, name) and name not in given:
             setattr(args, name, value)
 
 

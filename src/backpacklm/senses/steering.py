@@ -111,9 +111,13 @@ def steered_generations(model, tokenizer, topic: Topic, strength: int, method: s
     return generations, setting
 
 
-def _check_setting(method: str, strength: int, pplm_step_sizes: Sequence[float]) -> None:
+def _check_method(method: str) -> None:
     if method not in METHODS:
         raise BackpackError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+
+
+def _check_setting(method: str, strength: int, pplm_step_sizes: Sequence[float]) -> None:
+    _check_method(method)
     if strength not in STRENGTHS:
         raise BackpackError(f"strength must be one of {sorted(STRENGTHS)}, not {strength}")
     if method == "pplm" and strength >= len(pplm_step_sizes):
@@ -122,14 +126,17 @@ def _check_setting(method: str, strength: int, pplm_step_sizes: Sequence[float])
 
 def _check_settings(models: dict, strengths: Sequence[int], pplm_step_sizes: Sequence[float], generations: int,
                     mauve_references: Sequence[str] | None) -> None:
-    """BackpackError, before anything is generated, for a setting that would fail part-way through the run."""
+    """BackpackError, before anything is generated, for a setting that would fail part-way through the run:
+    methods and model kinds first, then the strengths."""
     for method, model in models.items():
-        for strength in strengths:
-            _check_setting(method, strength, pplm_step_sizes)
+        _check_method(method)
         if method == "sense":
             require_backpack(model, "sense re-weighting")
         else:
             require_transformer(model)
+    for method in models:
+        for strength in strengths:
+            _check_setting(method, strength, pplm_step_sizes)
     if mauve_references is not None and (len(mauve_references) < 2 or generations < 2):
         raise BackpackError(f"MAUVE needs at least 2 reference texts and 2 generations per setting "
                             f"(given {len(mauve_references)} and {generations})")

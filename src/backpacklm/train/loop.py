@@ -315,7 +315,8 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, data) -> dict:
             print(f"note: {checkpoint.name} was trained with {saved_ranks} process(es), this run has "
                   f"{env.world_size}: dropout streams restart from the seed", flush=True)
     step = state.get("step", 0)
-    best = state.get("best_val_loss") or math.inf  # None (JSON null): no validation yet
+    best = state.get("best_val_loss")
+    best = math.inf if best is None else best  # None (JSON null): no validation yet
 
     train_model = data.training_module(model)
     if cfg.compile:
