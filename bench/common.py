@@ -36,14 +36,14 @@ def git_state() -> dict:
     """HEAD commit and the files under src/ that differ from it (the code measured may be uncommitted)."""
     import subprocess
 
-    def git(*args):
+    def git(*args):  # stdout as is: porcelain lines start with a status column that may be a space
         try:
-            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]
-    return dict(git_head=git("rev-parse", "--short", "HEAD"), src_changed_since_head=changed)
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines() if line.strip()]
+    return dict(git_head=git("rev-parse", "--short", "HEAD").strip(), src_changed_since_head=changed)
 
 
 def machine_info() -> dict:

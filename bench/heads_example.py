@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     timings = {}
     start = time.perf_counter()
     torch.manual_seed(0)
-    steps = args.steps or ICL_TRAINING["max_steps"]
+    steps = ICL_TRAINING["max_steps"] if args.steps is None else args.steps
     run = train_icl_model(args.work, ["copy"], max_steps=steps)
     timings["train"] = time.perf_counter() - start
     task = ["--builtin", "copy", "--n", "100", "--batch-size", "50", "--no-progress"]

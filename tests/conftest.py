@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def copy_task_run(tmp_path_factory):
     """Run folder of our trainer's 2-layer Transformer on the built-in copy task's corpus (ICL_TRAINING: 600 steps,
-    ~8 s on one thread). Measured on 18 runs (corpus seeds 0-7, training seeds 0-9): 2-shot accuracy 1.00, one
+    ~6 s on one thread). Measured on 18 runs (corpus seeds 0-7, training seeds 0-9): 2-shot accuracy 1.00, one
     layer-0 head carries it."""
     from backpacklm.worlds.icl_tasks import train_icl_model
 

@@ -118,10 +118,13 @@ def test_resume_errors(tmp_path, data_dir, capsys):
 
 
 def test_compile_without_a_cpp_compiler_is_a_one_line_error(tmp_path, data_dir, capsys, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ / clang++ / c++ to be found
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ to be found
     monkeypatch.delenv("CXX", raising=False)
     line = cli_error(capsys, *train_args(data_dir, tmp_path / "run", "--compile"))
-    assert "--compile on CPU needs a C++ compiler" in line
+    assert "--compile on CPU needs the C++ compiler torch's inductor uses (g++;" in line
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    line = cli_error(capsys, *train_args(data_dir, tmp_path / "run", "--compile"))
+    assert "(no-such-compiler;" in line
     assert not (tmp_path / "run" / "latest.json").exists()
 
 
@@ -250,8 +253,9 @@ def test_resume_refuses_changed_schedule_or_sizes(tmp_path, data_dir, capsys):
     assert run_cli(capsys, *train_args(data_dir, run, "--max-steps", "6", "--eval-interval", "3"))[0] == 0
     for extra, named in [(("--max-steps", "4"), "--max-steps 4 (run: 6)"), (("--max-steps", "9"), "--max-steps 9 (run: 6)"),
                          (("--batch-size", "4"), "--batch-size 4 (run: 8)"), (("--block-size", "16"), "--block-size 16 (run: 32)"),
-                         (("--lr", "2e-3"), "--lr 0.002 (run: 0.003)"), (("--grad-accum", "2"), "--grad-accum 2 (run: 1)"),
-                         (("--lr", "1e-3"), "--lr 0.001 (run: 0.003)"),  # given with the parser's default: still refused
+                         (("--lr", "2e-3"), "--lr 0.002 (run: 0.003)"),
+                         (("--grad-accum", "2"), "--grad-accum 2 (run: 1)"),
+                         (("--lr", "1e-3"), "--lr 0.001 (run: 0.003)"),  # the parser's default, given: refused
                          (("--batch-size", "12"), "--batch-size 12 (run: 8)")]:
         code, _, err = run_cli(capsys, *train_args(data_dir, run, "--resume", *extra))
         assert code == 2 and named in err and len(err.strip().splitlines()) == 1, (extra, err)

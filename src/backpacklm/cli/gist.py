@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import BackpackError
 from .help_format import DefaultsHelpFormatter
 from .options import non_negative_int, positive_float, positive_int
-from .train import add_training_arguments, report, training_kwargs
+from .train import add_training_arguments, adopt_run_settings, report, training_kwargs
 
 FORMAT = DefaultsHelpFormatter
 
@@ -87,6 +87,7 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     from ..gist.train import GistTrainConfig, train_gist
 
+    adopt_run_settings(args)
     cfg = GistTrainConfig(data=args.data, val_data=args.val_data, tokenizer=args.tokenizer, gists=args.gists,
                           condition=args.condition, skip_long=args.skip_long, **training_kwargs(args))
     return report(train_gist(cfg))

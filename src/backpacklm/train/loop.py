@@ -196,14 +196,14 @@ def train(cfg: TrainConfig, source=None) -> dict:
     if cfg.device != "auto":
         check_device(cfg.device)
     env = distributed.setup(cfg.device)
-    if cfg.compile and env.device == "cpu":
-        _check_cpp_compiler()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     deterministic = torch.are_deterministic_algorithms_enabled()
     if env.device == "cpu":  # bitwise-reproducible runs (and so exact resume); some CPU kernels vary otherwise
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
+        if cfg.compile and env.device == "cpu":
+            _check_cpp_compiler()
         return _train(cfg, env, source if source is not None else TokenWindows(cfg.data))
     finally:
         torch.use_deterministic_algorithms(deterministic)
@@ -211,10 +211,12 @@ def train(cfg: TrainConfig, source=None) -> dict:
 
 
 def _check_cpp_compiler() -> None:
-    """torch.compile's CPU backend (inductor) builds C++ at the first step: refuse up front when there is no compiler."""
-    if not any(name and shutil.which(name) for name in (os.environ.get("CXX"), "g++", "clang++", "c++")):
-        raise BackpackError("--compile on CPU needs a C++ compiler (g++, clang++ or $CXX) and none is on PATH; "
-                            "install one or train without --compile")
+    """torch.compile's CPU backend (inductor) builds C++ at the first step with $CXX, else g++: refuse up front when
+    that compiler is missing."""
+    compiler = os.environ.get("CXX") or "g++"
+    if not shutil.which(compiler):
+        raise BackpackError(f"--compile on CPU needs the C++ compiler torch's inductor uses ({compiler}; set $CXX to "
+                            "choose another) and it is not on PATH; install it or train without --compile")
 
 
 def _check_data_tokenizer(data, model_tokenizer, model) -> None:

@@ -140,7 +140,7 @@ def write_icl_corpus(path: str | Path, names: list[str] | tuple[str, ...] = tupl
 
 
 # Settings under which a 2-layer, d=64 Transformer learns `copy` on one CPU thread in 600 steps (8 x 64 tokens each,
-# ~8 s): accuracy 1.00 (2-shot, chance 0.25) on 18 runs (corpus seeds 0-7, training seeds 0-9), carried by one
+# ~6 s): accuracy 1.00 (2-shot, chance 0.25) on 18 runs (corpus seeds 0-7, training seeds 0-9), carried by one
 # first-layer head. 250 steps were enough on some seeds only (accuracy 0.55-1.00 on corpus seeds 0-4). `map` and
 # `pairs` need an induction circuit and stay near chance with this recipe even after 2500 steps (docs/heads_tasks.md).
 ICL_MODEL = dict(n_layer=2, n_embd=64, n_head=4, num_senses=4, n_positions=128)
