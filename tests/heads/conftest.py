@@ -38,11 +38,3 @@ def induction_model():
     from .groundtruth import train_induction_model
 
     return train_induction_model()
-
-
-@pytest.fixture(scope="session")
-def copy_task_model(copy_task_run):
-    """(model, tokenizer) of the shared copy-task run (tests/conftest.py)."""
-    from backpacklm.model.loading import load_model
-
-    return load_model(copy_task_run)

@@ -11,16 +11,7 @@ import torch
 from backpacklm.errors import BackpackError
 from backpacklm.heads.gates import masking
 from backpacklm.heads.tasks import evaluate_task, few_shot_prompts
-from backpacklm.model.loading import load_model
 from backpacklm.worlds.icl_tasks import TASKS, builtin_task, icl_corpus
-
-
-@pytest.fixture(scope="module")
-def copy_model(copy_task_run):
-    """The shared copy-task model (tests/conftest.py). At ICL_TRAINING's earlier 250 steps the accuracy was 0.55-1.00
-    over corpus seeds 0-4 (below the test's 0.8 on two); at 600 it is 1.00 on 18 runs (corpus seeds 0-7, training
-    seeds 0-9), and with every head masked 0.22-0.35 (< 0.45)."""
-    return load_model(copy_task_run)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -72,8 +63,8 @@ def test_corpus_is_seeded_and_covers_the_tasks():
         builtin_task("nope", 5, 0)
 
 
-def test_trained_model_solves_copy_with_its_heads(copy_model):
-    model, tok = copy_model
+def test_trained_model_solves_copy_with_its_heads(copy_task_model):
+    model, tok = copy_task_model
     task = builtin_task("copy", n=100, seed=1)
     result = evaluate_task(model, tok, task, k=2, seed=0, batch_size=25)
     assert result.chance == 0.25 and result.accuracy > 0.8  # measured 1.00 (seeds 0-3)
