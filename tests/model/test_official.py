@@ -324,6 +324,28 @@ def test_convert_official_with_tokenizer_dir(official_dir, tmp_path):
     assert not (out2 / "tokenizer.json").exists() and (out2 / "config.json").is_file()
 
 
+def test_convert_refuses_an_out_folder_with_files_it_would_not_replace(official_dir, tmp_path, monkeypatch, capsys):
+    model, directory = official_dir
+    out = tmp_path / "ours"
+    convert_official(directory, out, tokenizer_dir=write_tiny_gpt2_tokenizer(tmp_path / "tok"))
+    convert_official(directory, out, tokenizer_dir=tmp_path / "tok")  # the same conversion again replaces every file
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()  # the saves' progress bars
+    # without a tokenizer the old one would stay and load beside the new weights
+    code = cli(["convert", "--official", str(directory), "--out", str(out)], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "already holds" in err and "which this conversion does not replace" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["official", "ours", "tok"]  # no temporary folder left
+    shards = tmp_path / "sharded"
+    shards.mkdir()
+    (shards / "model-00001-of-00002.safetensors").write_bytes(b"old")
+    with pytest.raises(BackpackError, match="already holds model-00001-of-00002.safetensors"):
+        convert_official(directory, shards)
+    x = ids()
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(out).eval(), x), logits(model, x))
+
+
 def test_cli_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
     code = cli(["convert", "--official", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], monkeypatch)
     err = capsys.readouterr().err

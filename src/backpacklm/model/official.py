@@ -21,6 +21,7 @@ ignored. Anything else missing, unexpected or mis-shaped is a BackpackError nami
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -366,10 +367,29 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, tokenizer_dir: st
         raise BackpackError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}"
         )
+    check_no_leftovers(out_dir, with_tokenizer=tokenizer is not None)
     try:
         return _save_model_dir(model, tokenizer, out_dir)
     except OSError as err:
         raise BackpackError(f"cannot write to {out_dir}: {first_line(err)}") from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "chat_template.jinja")
+
+
+def check_no_leftovers(out_dir: Path, with_tokenizer: bool) -> None:
+    """BackpackError when `out_dir` holds files a loader would read beside the new model that the save does not
+    replace: weights in another format or shards (the save writes model.safetensors), or, when no tokenizer is
+    saved, an old tokenizer."""
+    if not out_dir.is_dir():
+        return
+    leftovers = [n for n in WEIGHT_FILES if n != "model.safetensors"] + ([] if with_tokenizer else list(TOKENIZER_FILES))
+    found = sorted(p.name for p in out_dir.iterdir()
+                   if p.name in leftovers or fnmatch.fnmatch(p.name, "model-*-of-*.safetensors"))
+    if found:
+        raise BackpackError(f"{out_dir} already holds {found[0]}, which this conversion does not replace; "
+                            "remove it or convert into another folder")
 
 
 def check_not_in_place(src_dir: Path, out_dir: Path) -> None:
