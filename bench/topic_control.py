@@ -3,7 +3,8 @@ side: method x strength -> success, topic in-vocabulary share, perplexity under 
 seconds per sample.
 
 Part 1, the synthetic world: its 4 topic vocabularies (truth.json), prompts at document starts, MAUVE against
-held-out world documents with features from the Transformer. Models: trained here (`--documents/--steps/...`) or
+held-out world text cut like the generations (from a document start, the prompt's tokens and `--length` more),
+with features from the Transformer. Models: trained here (`--documents/--steps/...`) or
 reused (`--world DIR --backpack DIR --transformer DIR`); a world and models trained here live in a temporary folder,
 deleted when the part ends. Also reports the section-6 check per topic (strength 3 vs 0: in-vocab share ratio >= 3,
 perplexity ratio < 2).
@@ -54,13 +55,26 @@ def world_part(args) -> dict:
         return world_report(args, *train_world(args, Path(root)), trained_here=True)
 
 
+def reference_windows(lines: list[str], tokenizer, n: int, length: int) -> list[str]:
+    """n held-out texts shaped like the generations they are compared with: from a document start, the corpus stream
+    (documents joined by newlines, as in training) cut to the generations' tokens, the prompt's included: alternately
+    <|endoftext|> + `length` tokens (prompt "") and `length` + 1 tokens (prompt "the")."""
+    texts = []
+    for i in range(n):
+        ids = tokenizer.encode("\n".join(lines[i:i + 4]), add_special_tokens=False)
+        ids = [tokenizer.eos_token_id] + ids[:length] if i % 2 == 0 else ids[:length + 1]
+        texts.append(tokenizer.decode(ids))
+    return texts
+
+
 def world_report(args, world: Path, backpack_dir: Path, transformer_dir: Path, trained_here: bool = False) -> dict:
     backpack, tokenizer = load_model(backpack_dir)
     transformer, _ = load_model(transformer_dir)
     truth = load_truth(world)
     topics = [make_topic(tokenizer, spec["vocabulary"], backpack.config.vocab_size, name)
               for name, spec in truth["topics"].items()]
-    references = (world / "world.txt").read_text(encoding="utf-8").splitlines()[-args.references:]
+    lines = (world / "world.txt").read_text(encoding="utf-8").splitlines()
+    references = reference_windows(lines[-args.references - 3:], tokenizer, args.references, args.length)
     sampling = SamplingSettings(length=args.length, samples=args.samples, top_k=0, seed=args.seed)
     started = time.perf_counter()
     report = evaluate_steering({"sense": backpack, "pplm": transformer}, tokenizer, topics, [0, 1, 2, 3], ["", "the"],
@@ -124,7 +138,7 @@ def main() -> None:
     parser.add_argument("--num-senses", type=int, default=8)
     parser.add_argument("--samples", type=int, default=32, help="samples per prompt")
     parser.add_argument("--length", type=int, default=30)
-    parser.add_argument("--references", type=int, default=200, help="held-out world documents for MAUVE")
+    parser.add_argument("--references", type=int, default=200, help="held-out world texts for MAUVE")
     parser.add_argument("--world-step-sizes", type=float, nargs=4, default=[0.0, 0.1, 0.3, 1.0],
                         help="PPLM step sizes at strengths 0..3 on the world (tiny models need larger steps)")
     parser.add_argument("--shakespeare-backpack", default="runs/shakespeare-bpe-backpack")

@@ -8,7 +8,8 @@ import pytest
 from backpacklm.senses.steering import SamplingSettings, evaluate_steering
 from backpacklm.senses.topic import make_topic
 
-SAMPLING = SamplingSettings(length=30, samples=24, top_k=0, seed=0)
+# 96 per prompt: a run holds only a few documents of each topic, so with 24 the ratios swung x0.65-2.28 over seeds
+SAMPLING = SamplingSettings(length=30, samples=96, top_k=0, seed=0)
 PROMPTS = ["", "the"]  # document starts: the topic is still open
 
 
@@ -25,7 +26,7 @@ def world_topic_control(world_models):
 @pytest.mark.xfail(strict=True, reason="measured below the section-6 bar on the fixture world (README, Topic control): "
                    "at a document start even the best 1/3.3 multipliers found move a topic's next-token mass only "
                    "x1.0-1.13 (bench/topic_headroom.py on the 900-step fixture), so the spec'd re-weighting cannot "
-                   "reach 3x; measured x1.13-2.34 (bench/topic_control.py)")
+                   "reach 3x; measured x0.77-1.31 with these settings")
 def test_world_topic_control(world_models):
     measured = world_topic_control(world_models)
     lines = [f"{name}: in-vocab {base.in_vocab_share:.3f} -> {steered.in_vocab_share:.3f}, "
