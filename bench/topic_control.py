@@ -55,13 +55,18 @@ def world_part(args) -> dict:
         return world_report(args, *train_world(args, Path(root)), trained_here=True)
 
 
+WINDOW_DOCUMENTS = 4  # documents joined per window: always more tokens than a generation's
+
+
 def reference_windows(lines: list[str], tokenizer, n: int, length: int) -> list[str]:
-    """n held-out texts shaped like the generations they are compared with: from a document start, the corpus stream
-    (documents joined by newlines, as in training) cut to the generations' tokens, the prompt's included: alternately
-    <|endoftext|> + `length` tokens (prompt "") and `length` + 1 tokens (prompt "the")."""
+    """n held-out texts from the end of `lines` (one document each), shaped like the generations they are compared
+    with: from a document start, the corpus stream (documents joined by newlines, as in training) cut to the
+    generations' tokens, the prompt's included: alternately <|endoftext|> + `length` tokens (prompt "") and
+    `length` + 1 tokens (prompt "the")."""
+    lines = lines[-(n + WINDOW_DOCUMENTS - 1):]
     texts = []
     for i in range(n):
-        ids = tokenizer.encode("\n".join(lines[i:i + 4]), add_special_tokens=False)
+        ids = tokenizer.encode("\n".join(lines[i:i + WINDOW_DOCUMENTS]), add_special_tokens=False)
         ids = [tokenizer.eos_token_id] + ids[:length] if i % 2 == 0 else ids[:length + 1]
         texts.append(tokenizer.decode(ids))
     return texts
@@ -74,7 +79,7 @@ def world_report(args, world: Path, backpack_dir: Path, transformer_dir: Path, t
     topics = [make_topic(tokenizer, spec["vocabulary"], backpack.config.vocab_size, name)
               for name, spec in truth["topics"].items()]
     lines = (world / "world.txt").read_text(encoding="utf-8").splitlines()
-    references = reference_windows(lines[-args.references - 3:], tokenizer, args.references, args.length)
+    references = reference_windows(lines, tokenizer, args.references, args.length)
     sampling = SamplingSettings(length=args.length, samples=args.samples, top_k=0, seed=args.seed)
     started = time.perf_counter()
     report = evaluate_steering({"sense": backpack, "pplm": transformer}, tokenizer, topics, [0, 1, 2, 3], ["", "the"],

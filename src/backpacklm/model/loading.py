@@ -128,10 +128,13 @@ def load_model(path: str | Path, device: str = "cpu", **kwargs):
     return model, load_tokenizer_if_present(model_dir)
 
 
+TOKENIZER_MARKERS = ("tokenizer.json", "vocab.json", "tokenizer_config.json")  # any of them: the folder has a tokenizer
+
+
 def load_tokenizer_if_present(model_dir: Path):
     from transformers import AutoTokenizer
 
-    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+    if not any((model_dir / name).is_file() for name in TOKENIZER_MARKERS):
         return None
     try:
         return AutoTokenizer.from_pretrained(model_dir)

@@ -374,17 +374,15 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, tokenizer_dir: st
         raise BackpackError(f"cannot write to {out_dir}: {first_line(err)}") from None
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "chat_template.jinja")
-
-
 def check_no_leftovers(out_dir: Path, with_tokenizer: bool) -> None:
     """BackpackError when `out_dir` holds files a loader would read beside the new model that the save does not
     replace: weights in another format or shards (the save writes model.safetensors), or, when no tokenizer is
-    saved, an old tokenizer."""
+    saved, an old tokenizer (the files `load_model` takes as one)."""
+    from .loading import TOKENIZER_MARKERS
+
     if not out_dir.is_dir():
         return
-    leftovers = [n for n in WEIGHT_FILES if n != "model.safetensors"] + ([] if with_tokenizer else list(TOKENIZER_FILES))
+    leftovers = [n for n in WEIGHT_FILES if n != "model.safetensors"] + ([] if with_tokenizer else list(TOKENIZER_MARKERS))
     found = sorted(p.name for p in out_dir.iterdir()
                    if p.name in leftovers or fnmatch.fnmatch(p.name, "model-*-of-*.safetensors"))
     if found:
