@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from .data.prepare import prepare_corpus
+from .data.tokenizers import check_encodable, load_tokenizer
+from .errors import BackpackError
 from .model.tied_loss import lean_loss
 from .model.loading import load_model
 from .sampling import sample_text
@@ -56,19 +60,35 @@ def training_report(summary: dict, planned_steps: int) -> str:
             f"unigram baseline ({unigram:.3f}); perplexity {math.exp(val):.2f}")
 
 
+def _prepare_fresh(out: Path, data: str) -> dict:
+    """Prepare `data` (char-level) beside `out`, check the demo's prompts fit it, and only then replace a previous
+    demo run at `out` with the fresh folder: bad data leaves the previous run as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        meta = prepare_corpus([data], staging / "data", tokenizer="char")
+        tokenizer = load_tokenizer(staging / "data" / "tokenizer")
+        for text in PROMPTS + SENSE_TOKENS:
+            try:
+                check_encodable(tokenizer, text)
+            except BackpackError as err:
+                raise BackpackError(f"{data}: the demo's prompts and tokens need characters this text lacks "
+                                    f"({err})") from None
+        (staging / "demo.json").write_text("{}")
+        shutil.rmtree(out, ignore_errors=True)  # a previous demo run: start afresh
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return meta
+
+
 def run_demo(out: str | Path = "runs/demo", minutes: float = 3.0, data: str = "shakespeare") -> dict:
     out = Path(out)
-    if out.exists():
-        if not (out / "demo.json").exists():
-            from .errors import BackpackError
-
-            raise BackpackError(f"{out} exists and is not a demo run; choose another --out")
-        shutil.rmtree(out)  # a previous demo run: start afresh
-    out.mkdir(parents=True)
-    (out / "demo.json").write_text("{}")
+    if out.exists() and not (out / "demo.json").exists():
+        raise BackpackError(f"{out} exists and is not a demo run; choose another --out")
 
     print(f"== 1. data: {data}, char-level")
-    meta = prepare_corpus([data], out / "data", tokenizer="char")
+    meta = _prepare_fresh(out, data)
     print(f"   {meta['n_train_tokens']:,} training and {meta['n_val_tokens']:,} validation characters, "
           f"vocabulary {meta['vocab_size']}")
 

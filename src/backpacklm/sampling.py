@@ -15,6 +15,9 @@ from .model.loading import max_positions, require_causal_lm
 def encode_prompt(tokenizer, prompt: str, vocab_size: int) -> list[int]:
     """Token ids of the prompt (an empty prompt starts from end-of-text); unknown characters or ids past the model's
     vocabulary are an error."""
+    if not prompt and tokenizer.eos_token_id is None:
+        raise BackpackError("an empty prompt starts from the end-of-text token, and this tokenizer names none; "
+                            "give a prompt")
     ids = encode_strict(tokenizer, prompt) if prompt else [tokenizer.eos_token_id]
     if ids and max(ids) >= vocab_size:
         raise BackpackError(f"prompt token id {max(ids)} is out of range for the model's vocabulary of {vocab_size}")

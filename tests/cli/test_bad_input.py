@@ -57,6 +57,14 @@ def paths(tmp_path_factory):
     for name, text in (("story", TEXT * 20), ("abc", "a cab\n" * 60)):
         (root / f"{name}.txt").write_text(text)
         prepare_corpus([str(root / f"{name}.txt")], root / f"{name}_data", tokenizer="char")
+    prepare_corpus([str(root / "story.txt")], root / "no_val_data", tokenizer="char", val_fraction=0)
+    shutil.copytree(root / "story_data", root / "bad_meta_data")
+    meta = json.loads((root / "bad_meta_data" / "meta.json").read_text())
+    (root / "bad_meta_data" / "meta.json").write_text(json.dumps(meta | {"vocab_size": "abc"}))
+    shutil.copytree(root / "char", root / "no_eos")
+    (root / "no_eos" / "tokenizer_config.json").write_text("{}")
+    (root / "not_a_world").mkdir()
+    (root / "not_a_world" / "truth.json").write_text('{"topics": {}}')
     return root
 
 
@@ -193,6 +201,15 @@ RUNTIME = [
     ("steer --model {word} --topic {royal} --strength 0 --prompt the --samples 1 --length 2 "
      "--scorer {broken_scorer}:judge --out {root}/steer2", "RuntimeError: broken at import"),
     ("edit --model {word} --word king --from crown --to sea", "the default prompt 'The king' does not fit"),
+    # paths the system refuses (here: nothing can be created under /proc) are one line with the system's reason
+    ("data prepare {corpus} --out /proc/backpacklm-test/data", "/proc/backpacklm-test: No such file or directory"),
+    ("eval --model {char} --text {corpus} --no-progress --json /proc/backpacklm-test.json", "No such file or directory"),
+    ("train --data {no_val_data} --out {root}/no_val_run", "the validation split has 0 token(s)"),
+    ("eval --model {char} --data {bad_meta_data}", "vocab_size 'abc', expected a vocabulary size"),
+    ("sample --model {no_eos} --max-new-tokens 2", "an empty prompt starts from the end-of-text token"),
+    ("debias --model {char} --world {not_a_world} --out {root}/debias", "not a world's ground truth (no polysemous"),
+    ("steer --model {word} --topic {royal} --strength 0 --prompt the --samples 1 --length 2 --mauve-references "
+     "{corpus} --mauve-model {char} --out {root}/steer3", "char has a different tokenizer than"),
 ]
 
 
@@ -301,3 +318,38 @@ def test_sample_text_rejects_nonsense_settings(paths):
         with pytest.raises(BackpackError, match=message):
             sample_text(model, tokenizer, "the", **kwargs)
     assert json.loads((paths / "char" / "config.json").read_text())["model_type"] == "backpack"
+
+
+def test_failed_commands_keep_what_was_there(paths, capsys, tmp_path):
+    """A command that fails on bad input leaves earlier results as they were: saved edits, a previous demo run,
+    prepared data, a generated world."""
+    model = tmp_path / "word"
+    shutil.copytree(paths / "word", model)
+    assert main(["edit", "--model", str(model), "--word", "king", "--from", "crown", "--to", "sea", "--prompt",
+                 "the king", "--save"]) == 0
+    saved = (model / "edits.json").read_bytes()
+    line = cli_error(capsys, "edit", "--model", model, "--word", "queen", "--from", "sea", "--to", "crown", "--save")
+    assert "the default prompt 'The queen' does not fit" in line and (model / "edits.json").read_bytes() == saved
+
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "demo.json").write_text("{}")
+    (demo / "samples.txt").write_text("an earlier demo's samples")
+    assert "no such file or folder" in cli_error(capsys, "demo", "--out", demo, "--data", tmp_path / "missing.txt")
+    assert "need characters this text lacks" in cli_error(capsys, "demo", "--out", demo, "--data", paths / "corpus.txt")
+    assert sorted(p.name for p in demo.iterdir()) == ["demo.json", "samples.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo.")]  # no staging folder left behind
+
+    data = tmp_path / "data"
+    shutil.copytree(paths / "story_data", data)
+    shutil.rmtree(data / "tokenizer")
+    (data / "tokenizer").write_text("a file where the tokenizer folder goes")
+    assert "exists and is not a folder" in cli_error(capsys, "data", "prepare", paths / "corpus.txt", "--out", data)
+    assert (data / "meta.json").is_file()
+
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "world.txt").write_text("an earlier world\n")
+    (world / "data").write_text("a file where the prepared data goes")
+    line = cli_error(capsys, "world", "senses", "--out", world, "--documents", "300", "--prepare")
+    assert "exists and is not a folder" in line and (world / "world.txt").read_text() == "an earlier world\n"

@@ -146,6 +146,31 @@ def test_file_round_trip_select_and_foreign_model(tmp_path):
                for a, b in zip(texts.layers, full.layers))
 
 
+@pytest.mark.parametrize("tamper, message", [
+    (lambda t, h: t.pop("layer.1.values"), "no tensor 'layer.1.values'"),
+    (lambda t, h: t.update({"layer.0.keys": t["layer.0.keys"][..., :3].contiguous()}), "keys and values differ"),
+    (lambda t, h: h.update(instructions=h["instructions"][:1]), "1 instructions for 4 prompts"),
+    (lambda t, h: h.pop("n_layers"), "header field 'n_layers' missing"),
+    (lambda t, h: h.update(keep="weird"), "keep 'weird'"),
+    (lambda t, h: t.update(next_position=t["next_position"][:2]), "'next_position' has shape [2], expected [4]"),
+], ids=["tensor", "shape", "instructions", "header", "keep", "positions"])
+def test_a_tampered_file_is_named_not_a_crash(tmp_path, tamper, message):
+    import json
+    import re
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = make("backpack")
+    path = compress(model, TOKENIZER, [e.instruction for e in EXAMPLES]).save(tmp_path / "prompts.safetensors")
+    with safe_open(path, framework="pt") as f:
+        tensors, header = {name: f.get_tensor(name) for name in f.keys()}, json.loads(f.metadata()["gist"])
+    tamper(tensors, header)
+    save_file(tensors, path, metadata={"gist": json.dumps(header)})
+    with pytest.raises(BackpackError, match=f"not a usable compressed-prompt file .*{re.escape(message)}"):
+        load_compressed(path, model)
+
+
 def test_instruction_cache_of_mixed_lengths_near_the_position_limit():
     """Each row fits the Backpack's 90 positions, though the padded cache plus tails is wider (65 + 57 > 90): the
     explicit position ids are what is checked, and the result equals the uncached forward."""

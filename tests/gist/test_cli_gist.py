@@ -72,8 +72,8 @@ def test_compress_generate_eval_bench(trained, tmp_path, capsys):
     generations = json.loads((tmp_path / "gen" / "generations.json").read_text())
     assert len(generations) == len(RECORDS) and generations[0]["instruction"] == RECORDS[0]["instruction"]
     code, out, err = run_cli(capsys, "gist", "eval", "--model", model_dir, "--data", f"seen={data}",
-                             "--max-new-tokens", "5", "--out", tmp_path / "eval")
-    assert code == 0, err
+                             "--max-new-tokens", "5", "--out", tmp_path / "eval", "--no-progress")
+    assert code == 0 and err == "", err
     quality = json.loads((tmp_path / "eval" / "quality.json").read_text())
     assert quality[0]["splits"]["seen"]["n"] == len(RECORDS) and 0 <= quality[0]["splits"]["seen"]["rouge_l"] <= 100
     assert (tmp_path / "eval" / "quality_vs_compression.png").stat().st_size > 1000

@@ -472,6 +472,25 @@ def test_export_refuses_what_the_official_layout_cannot_hold(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_export_refuses_a_training_run_or_a_model_of_ours(tmp_path):
+    """Their config.json would be replaced by the official one, which our loaders do not read: the run is lost."""
+    model = random_model()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "latest.json").write_text('{"checkpoint": "step-0000001"}')
+    with pytest.raises(BackpackError, match="is a training run"):
+        export_official(model, run)
+    assert [p.name for p in run.iterdir()] == ["latest.json"]
+    model.save_pretrained(tmp_path / "ours")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ours").iterdir()}
+    with pytest.raises(BackpackError, match="not in the official layout"):
+        export_official(model, tmp_path / "ours")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ours").iterdir()} == before
+    for _ in range(2):  # exporting again over an earlier export replaces it
+        export_official(model, tmp_path / "official")
+    assert torch.equal(logits(load_official(tmp_path / "official"), ids()), logits(model, ids()))
+
+
 def test_sharded_safetensors_checkpoint(official_parts, official_dir, tmp_path):
     model, _ = official_dir
     sd, cfg = official_parts
@@ -554,7 +573,8 @@ def test_failed_export_keeps_the_previous_export(official_dir, tmp_path, monkeyp
         raise TypeError("Object of type device is not JSON serializable")
 
     other = random_model(seed=1)
-    monkeypatch.setattr(official, "json", SimpleNamespace(dumps=unserializable))  # after the weights are written
+    # fails after the weights are written (reading the old config.json still works)
+    monkeypatch.setattr(official, "json", SimpleNamespace(dumps=unserializable, loads=json.loads))
     with pytest.raises(TypeError, match="not JSON serializable"):
         export_official(other, directory)
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before  # not new weights under the old config

@@ -60,6 +60,8 @@ def test_resume_is_bitwise_exact(tmp_path, data_dir, capsys):
     assert run_cli(capsys, *train_args(data_dir, tmp_path / "straight", "--max-steps", "20"))[0] == 0
     assert run_cli(capsys, *train_args(data_dir, tmp_path / "split", "--max-steps", "20", "--stop-after", "10"))[0] == 0
     assert json.loads((tmp_path / "split" / "latest.json").read_text())["step"] == 10
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as metrics:  # a record torn by a kill mid-write
+        metrics.write('{"step": 11, "lo')
     assert run_cli(capsys, *train_args(data_dir, tmp_path / "split", "--resume"))[0] == 0
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "split")
     assert straight.keys() == resumed.keys()

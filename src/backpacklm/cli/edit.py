@@ -52,9 +52,6 @@ def run(args) -> None:
     if tokenizer is None:
         raise BackpackError(f"{args.model} has no tokenizer")
     overrides = edit_overrides(model, tokenizer, edits)  # checks every word before anything is written
-    if args.save is not None:
-        path = save_edits(Path(args.save) if args.save else Path(args.model), edits)  # the directory as given
-        print(f"saved {len(edits)} edit(s) to {path}")
     unrelated = read_document(args.unrelated) if args.unrelated else None
     reports = []
     measured = edits if args.prompt or not args.interactive else []  # interactive alone: the typed prompts are it
@@ -77,6 +74,10 @@ def run(args) -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.out / "edit.json", {"model": str(args.model), "reports": reports})
+    # saved once the prompts and the unrelated text have been measured: a bad one leaves an older file as it was
+    if args.save is not None:
+        path = save_edits(Path(args.save) if args.save else Path(args.model), edits)  # the directory as given
+        print(f"saved {len(edits)} edit(s) to {path}")
     if args.interactive:
         print("type a prompt (empty line or end of input to stop)", file=sys.stderr)
         for line in sys.stdin:

@@ -69,6 +69,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", required=True, help="folder for quality.json, quality.md, quality_vs_compression.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
 
     p = commands.add_parser("bench", help="stored bytes, FLOPs and wall time: no cache vs instruction vs gist caching",
@@ -168,7 +169,8 @@ def run_eval(args) -> None:
     for spec in args.data:
         name, sep, path = spec.partition("=")
         files[name if sep else Path(spec).stem] = path if sep else spec
-    evaluations = [evaluate_gist(m, files, args.batch_size, args.max_new_tokens, args.max_examples, progress=True)
+    evaluations = [evaluate_gist(m, files, args.batch_size, args.max_new_tokens, args.max_examples,
+                                 progress=not args.no_progress)
                    for m in args.model]
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "quality.json", [e.to_dict() for e in evaluations])

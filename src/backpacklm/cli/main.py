@@ -1,7 +1,8 @@
 """`backpack` command line: one subcommand group per module in this folder.
 
 Each module exposes `register(subparsers)`, which adds its parser(s) and sets `func` (called with the parsed args).
-A `BackpackError` anywhere, and any usage error, becomes one line on stderr and exit status 2.
+A `BackpackError` anywhere, any usage error, and an operating-system error (a path that cannot be created, read or
+written) becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(err: OSError) -> str:
+    """`path: reason` (`path -> other: reason` for a rename) from an OSError; its own text when it names no path."""
+    if err.filename is None:
+        return str(err)
+    paths = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
+    return f"{paths}: {err.strerror or err}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from huggingface_hub.utils import logging as hub_logging
@@ -47,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args) or 0  # a command may return a non-zero status (train: stopped by a signal)
     except BackpackError as err:
         print(f"backpack {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. --out under a read-only or missing mount: the system's reason and the path
+        print(f"backpack {args.command}: error: {os_error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"backpack {args.command}: interrupted", file=sys.stderr)

@@ -91,6 +91,17 @@ def load_scorer(spec: str):
     return judge
 
 
+def _load_companion(path: str, args, tokenizer):
+    """A second model (--compare, --reference-model, --mauve-model); it must read the same token ids as --model."""
+    from ..errors import BackpackError
+    from ..model.loading import load_model
+
+    other, other_tokenizer = load_model(path, device=args.device)
+    if other_tokenizer is not None and other_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise BackpackError(f"{path} has a different tokenizer than {args.model}; it must read the same token ids")
+    return other
+
+
 def run(args) -> None:
     from pathlib import Path
 
@@ -111,10 +122,7 @@ def run(args) -> None:
     if args.compare:
         if method != "sense":
             raise BackpackError("--compare runs sense re-weighting on --model (a Backpack) against PPLM on the Transformer")
-        transformer, other = load_model(args.compare, device=args.device)
-        if other is not None and other.get_vocab() != tokenizer.get_vocab():
-            raise BackpackError(f"{args.compare} has a different tokenizer than {args.model}")
-        models["pplm"] = transformer
+        models["pplm"] = _load_companion(args.compare, args, tokenizer)
     prompts = (args.prompt or []) + (_read_lines(args.prompts, "prompts") if args.prompts else [])
     topics = [make_topic(tokenizer, words, model.config.vocab_size, name) for name, words in topic_words]
     skipped = [f"topic {t.name}: {len(t.skipped)} of {len(t.words)} words skipped (the tokenizer "
@@ -122,8 +130,8 @@ def run(args) -> None:
                for t in topics if t.skipped]
     for line in skipped:
         print(line)
-    reference = load_model(args.reference_model, device=args.device)[0] if args.reference_model else None
-    mauve_model = load_model(args.mauve_model, device=args.device)[0] if args.mauve_model else None
+    reference = _load_companion(args.reference_model, args, tokenizer) if args.reference_model else None
+    mauve_model = _load_companion(args.mauve_model, args, tokenizer) if args.mauve_model else None
     references = _read_lines(args.mauve_references, "MAUVE reference") if args.mauve_references else None
     if references is not None and mauve_model is None and reference is None:
         mauve_model = model  # features from the (first) model itself

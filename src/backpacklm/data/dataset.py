@@ -41,9 +41,14 @@ class TokenData:
             raise BackpackError(f"{meta_path}: missing {', '.join(missing)}")
         if self.meta["dtype"] not in TOKEN_DTYPES:
             raise BackpackError(f"{meta_path}: dtype {self.meta['dtype']!r}, expected {' or '.join(TOKEN_DTYPES)}")
-        for key in ("n_train_tokens", "n_val_tokens"):
-            if not isinstance(self.meta[key], int) or isinstance(self.meta[key], bool) or self.meta[key] < 0:
-                raise BackpackError(f"{meta_path}: {key} {self.meta[key]!r}, expected a token count")
+        for key, lowest, what in (("n_train_tokens", 0, "a token count"), ("n_val_tokens", 0, "a token count"),
+                                  ("vocab_size", 1, "a vocabulary size")):
+            if not isinstance(self.meta[key], int) or isinstance(self.meta[key], bool) or self.meta[key] < lowest:
+                raise BackpackError(f"{meta_path}: {key} {self.meta[key]!r}, expected {what}")
+        eot = self.meta["eot_id"]
+        is_id = isinstance(eot, int) and not isinstance(eot, bool) and 0 <= eot < self.meta["vocab_size"]
+        if eot is not None and not is_id:
+            raise BackpackError(f"{meta_path}: eot_id {eot!r}, expected a token id below vocab_size or null")
         self.train = self._open("train")
         self.val = self._open("val")
 

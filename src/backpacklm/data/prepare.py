@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from ..atomic import replacing
+from ..atomic import check_output_dir, check_output_file, replacing
 from ..errors import BackpackError
 from .shakespeare import fetch_shakespeare
 from .tokenizers import (
@@ -55,11 +55,14 @@ def prepare_corpus(
     """
     if not 0 <= val_fraction < 1:
         raise BackpackError(f"val fraction must be in [0, 1), got {val_fraction}")
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir / "tokenizer")  # before any work, and before the old meta.json is removed
+    for name in ("meta.json", "train.bin", "val.bin"):
+        check_output_file(out_dir / name)
     paths = resolve_sources(sources)
     tok = _make_tokenizer(tokenizer, paths, vocab_size)
     n_ids = id_bound(tok)
     dtype = token_dtype(n_ids)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # every output is written beside its target first; the old meta.json goes before the first one is moved in

@@ -141,6 +141,7 @@ def load_compressed(path: str | Path, model=None) -> CompressedPrompts:
         raise BackpackError(f"compressed-prompt file {path} does not exist") from None
     except (SafetensorError, OSError, ValueError) as err:
         raise BackpackError(f"{path} is not a readable compressed-prompt file ({first_line(err)})") from None
+    _check_compressed(path, header, tensors)
     if model is not None and header["model_id"] != model_fingerprint(model):
         raise BackpackError(f"{path} was compressed by another model (its config/weights fingerprint differs)")
     layers = [(tensors[f"layer.{i}.keys"], tensors[f"layer.{i}.values"]) for i in range(header["n_layers"])]
@@ -151,6 +152,44 @@ def load_compressed(path: str | Path, model=None) -> CompressedPrompts:
         num_gists=header["num_gists"], keep=header["keep"], model_id=header["model_id"],
         encoder_hidden=tensors.get("encoder_hidden"), metadata={k: v for k, v in header.items() if k not in fixed},
     )
+
+
+def _check_compressed(path: Path, header: dict, tensors: dict) -> None:
+    """BackpackError naming the first part of a compressed-prompt file that is missing or does not fit the others
+    (N prompts, S stored positions: see CompressedPrompts)."""
+    def bad(what: str):
+        return BackpackError(f"{path} is not a usable compressed-prompt file ({what})")
+
+    for key, kind in (("model_id", str), ("num_gists", int), ("keep", str), ("n_layers", int), ("instructions", list)):
+        if not isinstance(header.get(key), kind):
+            raise bad(f"header field {key!r} missing or not a {kind.__name__}")
+    if header["n_layers"] < 1:
+        raise bad(f"n_layers {header['n_layers']}")
+    names = ["valid", "next_position", "instruction_tokens"]
+    names += [f"layer.{i}.{part}" for i in range(header["n_layers"]) for part in ("keys", "values")]
+    if missing := [name for name in names if name not in tensors]:
+        raise bad(f"no tensor {missing[0]!r}")
+    valid = tensors["valid"]
+    if valid.dim() != 2:
+        raise bad(f"'valid' has shape {list(valid.shape)}, expected [prompts, positions]")
+    n, stored = valid.shape
+    if len(header["instructions"]) != n:
+        raise bad(f"{len(header['instructions'])} instructions for {n} prompts")
+    for name in names[1:3]:
+        if list(tensors[name].shape) != [n]:
+            raise bad(f"{name!r} has shape {list(tensors[name].shape)}, expected [{n}]")
+    if header["keep"] not in ("gists", "all") or header["num_gists"] < 1:
+        raise bad(f"keep {header['keep']!r} with {header['num_gists']} gists")
+    for name in names[3:]:
+        shape = list(tensors[name].shape)
+        if len(shape) != 4 or shape[0] != n or shape[2] != stored:
+            raise bad(f"{name!r} has shape {shape}, expected [{n}, heads, {stored}, size]")
+    # attention layers store keys and values of one shape, the same in every layer; only a Backpack's last cache
+    # layer (sense keys [.., d/k] and senses [.., d]) differs
+    shapes = [(tensors[f"layer.{i}.keys"].shape, tensors[f"layer.{i}.values"].shape) for i in range(header["n_layers"])]
+    attention = shapes[:-1] if shapes[-1][0] != shapes[-1][1] else shapes
+    if any(keys != values or keys != attention[0][0] for keys, values in attention):
+        raise bad("its attention layers' keys and values differ in shape")
 
 
 def _device(model) -> torch.device:

@@ -308,6 +308,15 @@ def load_official(directory: str | Path) -> BackpackForCausalLM:
     return model.eval()
 
 
+def _config_model_type(path: Path) -> str | None:
+    """model_type of a config.json; None when it cannot be read as a JSON object."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
 def export_official(model: BackpackForCausalLM, directory: str | Path, fmt: str = "safetensors") -> list[Path]:
     """Write `model` in the official layout: config.json and model.safetensors (fmt="safetensors") or
     pytorch_model.bin (fmt="bin"), the weights including the tied aliases. Returns the paths written."""
@@ -316,6 +325,10 @@ def export_official(model: BackpackForCausalLM, directory: str | Path, fmt: str 
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise BackpackError(f"{directory} exists and is not a directory")
+    if (directory / "latest.json").is_file():
+        raise BackpackError(f"{directory} is a training run (it holds latest.json); export to another directory")
+    if (directory / "config.json").is_file() and _config_model_type(directory / "config.json") != OFFICIAL_MODEL_TYPE:
+        raise BackpackError(f"{directory} holds a model that is not in the official layout; export to another directory")
     weights_name = "model.safetensors" if fmt == "safetensors" else "pytorch_model.bin"
     stale = [n for n in WEIGHT_FILES if n != weights_name and (directory / n).exists()]
     if stale:  # loaders pick one file by precedence; a leftover of the other format could shadow the new weights

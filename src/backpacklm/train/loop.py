@@ -28,7 +28,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..atomic import check_output_dir, write_json_atomic
+from ..atomic import check_output_dir, replacing, write_json_atomic
 from ..checks import check_fields
 from ..data.dataset import TokenData, sample_batch
 from ..errors import BackpackError
@@ -124,6 +124,9 @@ class TokenWindows:
     def __init__(self, data_dir: str):
         self.data = TokenData(data_dir)
         self.meta = self.data.meta
+        if len(self.data.val) < 2:  # validation loss and the unigram baseline are scored on it
+            raise BackpackError(f"{data_dir}: the validation split has {len(self.data.val)} token(s), training needs "
+                                "at least 2; prepare the data with a validation fraction above 0")
 
     @property
     def tokenizer(self):
@@ -439,9 +442,21 @@ def _finite_or_none(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _record_step(line: str) -> int | None:
+    """The step of one metrics record; None for a line that is not one (e.g. half-written when a run was killed)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records past the checkpoint so the log matches the weights."""
+    """On resume, drop records past the checkpoint, and torn or unreadable lines, so the log matches the weights."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    kept = [line for line in text.splitlines() if (s := _record_step(line)) is not None and s <= step]
+    with replacing(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

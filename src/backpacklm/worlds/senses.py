@@ -162,11 +162,20 @@ def world_words(truth: dict) -> list[str]:
 
 
 def load_truth(world_dir: str | Path) -> dict:
+    """truth.json of a world folder; BackpackError unless it holds the parts the methods read (see ground_truth)."""
     path = Path(world_dir) / "truth.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        truth = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise BackpackError(f"{path}: cannot read the world's ground truth ({err})") from None
+    if not isinstance(truth, dict):
+        raise BackpackError(f"{path}: not a world's ground truth (not a JSON object)")
+    pronouns = truth.get("pronouns")
+    needed = [(truth, key) for key in ("topics", "polysemous", "pronouns", "facts")]
+    for holder, key in needed + [(pronouns, "rates_he"), (pronouns, "templates")]:
+        if not isinstance(holder, dict) or not isinstance(holder.get(key), dict):
+            raise BackpackError(f"{path}: not a world's ground truth (no {key} object)")
+    return truth
 
 
 def prepare_world(world_dir: str | Path, data_dir: str | Path) -> dict:
