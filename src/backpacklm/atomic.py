@@ -15,12 +15,16 @@ from .errors import BackpackError
 
 def check_output_dir(path: str | Path) -> Path:
     """`path` if it can be an output folder (an existing folder, or creatable); BackpackError if it or a parent is
-    an existing file."""
+    an existing file, or if the nearest existing folder refuses a new entry (read-only, /proc, no permission)."""
     path = Path(path)
     for folder in (path, *path.parents):
         if folder.exists():
             if not folder.is_dir():
                 raise BackpackError(f"{folder} exists and is not a folder; choose another output folder")
+            try:  # the only sure test of writability (os.access says yes to root even where mkdir fails)
+                os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".backpacklm-probe."))
+            except OSError as err:
+                raise BackpackError(f"cannot write in {folder} ({err.strerror}); choose another output folder") from None
             break
     return path
 

@@ -201,9 +201,9 @@ RUNTIME = [
     ("steer --model {word} --topic {royal} --strength 0 --prompt the --samples 1 --length 2 "
      "--scorer {broken_scorer}:judge --out {root}/steer2", "RuntimeError: broken at import"),
     ("edit --model {word} --word king --from crown --to sea", "the default prompt 'The king' does not fit"),
-    # paths the system refuses (here: nothing can be created under /proc) are one line with the system's reason
-    ("data prepare {corpus} --out /proc/backpacklm-test/data", "/proc/backpacklm-test: No such file or directory"),
-    ("eval --model {char} --text {corpus} --no-progress --json /proc/backpacklm-test.json", "No such file or directory"),
+    # paths the system refuses (nothing can be created under /proc), with its reason, before any work (no progress bar)
+    ("data prepare {corpus} --out /proc/backpacklm-test/data", "cannot write in /proc (No such file or directory)"),
+    ("eval --model {char} --text {corpus} --json /proc/backpacklm-test.json", "cannot write in /proc"),
     ("train --data {no_val_data} --out {root}/no_val_run", "the validation split has 0 token(s)"),
     ("eval --model {char} --data {bad_meta_data}", "vocab_size 'abc', expected a vocabulary size"),
     ("sample --model {no_eos} --max-new-tokens 2", "an empty prompt starts from the end-of-text token"),
