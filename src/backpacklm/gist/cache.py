@@ -165,9 +165,9 @@ def _check_compressed(path: Path, header: dict, tensors: dict) -> None:
             raise bad(f"header field {key!r} missing or not a {kind.__name__}")
     if header["n_layers"] < 1:
         raise bad(f"n_layers {header['n_layers']}")
-    names = ["valid", "next_position", "instruction_tokens"]
-    names += [f"layer.{i}.{part}" for i in range(header["n_layers"]) for part in ("keys", "values")]
-    if missing := [name for name in names if name not in tensors]:
+    per_prompt = ["next_position", "instruction_tokens"]
+    per_layer = [f"layer.{i}.{part}" for i in range(header["n_layers"]) for part in ("keys", "values")]
+    if missing := [name for name in ["valid", *per_prompt, *per_layer] if name not in tensors]:
         raise bad(f"no tensor {missing[0]!r}")
     valid = tensors["valid"]
     if valid.dim() != 2:
@@ -175,12 +175,12 @@ def _check_compressed(path: Path, header: dict, tensors: dict) -> None:
     n, stored = valid.shape
     if len(header["instructions"]) != n:
         raise bad(f"{len(header['instructions'])} instructions for {n} prompts")
-    for name in names[1:3]:
+    for name in per_prompt:
         if list(tensors[name].shape) != [n]:
             raise bad(f"{name!r} has shape {list(tensors[name].shape)}, expected [{n}]")
     if header["keep"] not in ("gists", "all") or header["num_gists"] < 1:
         raise bad(f"keep {header['keep']!r} with {header['num_gists']} gists")
-    for name in names[3:]:
+    for name in per_layer:
         shape = list(tensors[name].shape)
         if len(shape) != 4 or shape[0] != n or shape[2] != stored:
             raise bad(f"{name!r} has shape {shape}, expected [{n}, heads, {stored}, size]")
