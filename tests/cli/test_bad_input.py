@@ -63,6 +63,7 @@ def paths(tmp_path_factory):
     (root / "bad_meta_data" / "meta.json").write_text(json.dumps(meta | {"vocab_size": "abc"}))
     shutil.copytree(root / "char", root / "no_eos")
     (root / "no_eos" / "tokenizer_config.json").write_text("{}")
+    (root / "deep.json").write_text('{"edits": ' + "[" * 100_000 + "]" * 100_000 + "}")
     (root / "not_a_world").mkdir()
     (root / "not_a_world" / "truth.json").write_text('{"topics": {}}')
     return root
@@ -208,6 +209,8 @@ RUNTIME = [
     ("eval --model {char} --data {bad_meta_data}", "vocab_size 'abc', expected a vocabulary size"),
     ("sample --model {no_eos} --max-new-tokens 2", "an empty prompt starts from the end-of-text token"),
     ("debias --model {char} --world {not_a_world} --out {root}/debias", "not a world's ground truth (no polysemous"),
+    ("edit --model {word} --edits {deep}", "an input file is nested too deeply to read"),
+    ("heads importance --model {char} --builtin copy --builtin copy --out {root}/twice", "two tasks are named 'copy'"),
     ("steer --model {word} --topic {royal} --strength 0 --prompt the --samples 1 --length 2 --mauve-references "
      "{corpus} --mauve-model {char} --out {root}/steer3", "char has a different tokenizer than"),
 ]

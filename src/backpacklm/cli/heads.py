@@ -133,6 +133,10 @@ def _tasks(args, tokenizer) -> list[tuple[object, int]]:
                    DEFAULT_SHOTS.get(name, 0)) for name in args.builtin]
     if args.batch_size < 1:
         raise BackpackError(f"batch size must be >= 1, got {args.batch_size}")
+    names = [task.name for task, _ in tasks]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise BackpackError(f"two tasks are named {repeated[0]!r} (a task's header name, else its file name); "
+                            "their result files would collide: rename one")
     for task, _ in tasks:
         check_task_encodable(tokenizer, task)
     return tasks

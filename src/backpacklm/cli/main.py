@@ -1,8 +1,8 @@
 """`backpack` command line: one subcommand group per module in this folder.
 
 Each module exposes `register(subparsers)`, which adds its parser(s) and sets `func` (called with the parsed args).
-A `BackpackError` anywhere, any usage error, and an operating-system error (a path that cannot be created, read or
-written) becomes one line on stderr and exit status 2.
+A `BackpackError` anywhere, any usage error, an operating-system error (a path that cannot be created, read or
+written) and input nested too deeply to parse become one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:  # e.g. --out under a read-only or missing mount: the system's reason and the path
         print(f"backpack {args.command}: error: {os_error_line(err)}", file=sys.stderr)
+        return 2
+    except RecursionError:  # e.g. JSON nested thousands of levels deep: no file of ours is
+        print(f"backpack {args.command}: error: an input file is nested too deeply to read", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"backpack {args.command}: interrupted", file=sys.stderr)
