@@ -33,11 +33,12 @@ def _register_senses(kinds) -> None:
 
 
 def run_senses(args) -> None:
-    from ..atomic import check_output_dir, output_dir
+    from ..atomic import output_dir
+    from ..data.prepare import check_data_dir
     from ..worlds.senses import generate_world, prepare_world
 
     if args.prepare:  # before the world is written: a DIR/data that cannot be one must not cost the old world
-        check_output_dir(args.out / "data" / "tokenizer")
+        check_data_dir(args.out / "data")
     with output_dir(args.out):
         truth = generate_world(args.out, args.seed, args.documents)
     print(f"wrote {args.out}/world.txt ({truth['n_documents']} documents) and {args.out}/truth.json: "

@@ -55,10 +55,7 @@ def prepare_corpus(
     """
     if not 0 <= val_fraction < 1:
         raise BackpackError(f"val fraction must be in [0, 1), got {val_fraction}")
-    out_dir = Path(out_dir)
-    check_output_dir(out_dir / "tokenizer")  # before any work, and before the old meta.json is removed
-    for name in ("meta.json", "train.bin", "val.bin"):
-        check_output_file(out_dir / name)
+    out_dir = check_data_dir(out_dir)  # before any work, and before the old meta.json is removed
     paths = resolve_sources(sources)
     tok = _make_tokenizer(tokenizer, paths, vocab_size)
     n_ids = id_bound(tok)
@@ -86,6 +83,17 @@ def prepare_corpus(
         (out_dir / "meta.json").unlink(missing_ok=True)
         move_tokenizer()
     return meta
+
+
+def check_data_dir(out_dir: str | Path) -> Path:
+    """`out_dir` as a Path if `prepare_corpus` can write its files there (see the module docstring); BackpackError
+    naming the first that cannot be (a folder where a file goes, a file where a folder goes, a folder that refuses
+    writes)."""
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir / "tokenizer")
+    for name in ("meta.json", "train.bin", "val.bin"):
+        check_output_file(out_dir / name)
+    return out_dir
 
 
 def _tokenizer_kind(tok: PreTrainedTokenizerFast, spec: str) -> str:
