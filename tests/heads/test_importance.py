@@ -116,3 +116,24 @@ def test_save_and_load_roundtrip(tmp_path):
             HeadImportance.load(tmp_path / "bad.json")
     with pytest.raises(BackpackError, match="method"):
         importance_from_batches(tiny_model("gpt2"), [batch()], method="magic")
+
+
+def test_load_refuses_what_is_not_a_file_of_real_scores(tmp_path):
+    """A missing file, a folder, a FIFO (which would block the read) and complex or text .npy scores (numpy cut the
+    imaginary part with a warning) are each a one-line error."""
+    import os
+
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    os.mkfifo(tmp_path / "fifo.json")
+    np.save(tmp_path / "complex.npy", np.ones((2, 4)) * 1j)
+    np.save(tmp_path / "text.npy", np.array([["a", "b"]]))
+    cases = {"missing.json": "cannot read the importance file (No such file or directory)",
+             "loop.json": "cannot read the importance file (Too many levels of symbolic links)",
+             ".": "cannot read the importance file (not a regular file)",
+             "fifo.json": "cannot read the importance file (not a regular file)",
+             "complex.npy": "not a valid importance file (scores must be real numbers, not complex128)",
+             "text.npy": "not a valid importance file (scores must be real numbers, not <U1)"}
+    for name, message in cases.items():
+        with pytest.raises(BackpackError) as err:
+            HeadImportance.load(tmp_path / name)
+        assert str(err.value) == f"{tmp_path / name}: {message}"

@@ -57,3 +57,19 @@ def test_a_text_opening_with_the_word_is_edited_too():
     torch.testing.assert_close(overrides[bare], expected, atol=0, rtol=0)
     for effect in measure_edit(model, tokenizer, edit, ["king", "the king"]).prompts:
         assert (effect.p_source_after, effect.p_target_after) != (effect.p_source_before, effect.p_target_before)
+
+
+def test_an_edits_file_with_a_field_that_is_not_a_word_is_refused(tmp_path):
+    """`"word": null` used to become an edit of the word "None"."""
+    import pytest
+
+    from backpacklm.errors import BackpackError
+    from backpacklm.senses.edit import load_edits
+
+    for value in ("null", "3", '["phone"]'):
+        path = tmp_path / "edits.json"
+        path.write_text('{"edits": [{"word": %s, "from": "acme", "to": "globex"}]}' % value)
+        with pytest.raises(BackpackError, match=r"not an edits file .*'word' must be a word"):
+            load_edits(path)
+    path.write_text('{"edits": [{"word": "phone", "from": "acme", "to": "globex"}]}')
+    assert load_edits(path) == [SenseEdit("phone", "acme", "globex")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,11 +41,18 @@ class ScoreTable:
         """Read a table saved by `save`: its .json, or its .npy (scores only). `shape`: the scores' shape the model
         at hand needs (e.g. [layer, head]); a table of another shape is a BackpackError naming the file."""
         path = Path(path)
-        if not path.is_file():
-            raise BackpackError(f"{path}: no such {cls.kind} file")
+        try:
+            mode = path.stat().st_mode
+        except OSError as err:
+            raise BackpackError(f"{path}: cannot read the {cls.kind} file ({err.strerror})") from None
+        if not stat.S_ISREG(mode):  # a folder, or a FIFO that would block the read
+            raise BackpackError(f"{path}: cannot read the {cls.kind} file (not a regular file)")
         try:
             if path.suffix == ".npy":
-                table = cls(scores=np.asarray(np.load(path, allow_pickle=False), dtype=np.float64))
+                array = np.load(path, allow_pickle=False)
+                if array.dtype.kind not in "iuf":  # complex or text scores would be cut or fail later
+                    raise ValueError(f"scores must be real numbers, not {array.dtype}")
+                table = cls(scores=array.astype(np.float64))
             else:
                 table = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError, OSError) as err:

@@ -93,6 +93,13 @@ def save_edits(path: str | Path, edits: list[SenseEdit]) -> Path:
     return path
 
 
+def _edit_field(item: dict, key: str) -> str:
+    value = item[key]
+    if not isinstance(value, str):  # str(None) would edit the word "None"
+        raise TypeError(f"{key!r} must be a word, not {json.dumps(value)}")
+    return value
+
+
 def load_edits(path: str | Path) -> list[SenseEdit]:
     """Edits from a JSON file (or a model directory holding edits.json); a malformed file is a one-line error."""
     path = Path(path)
@@ -100,7 +107,7 @@ def load_edits(path: str | Path) -> list[SenseEdit]:
         path = path / EDITS_FILE
     try:
         items = json.loads(path.read_text(encoding="utf-8-sig"))["edits"]
-        edits = [SenseEdit(str(e["word"]), str(e["from"]), str(e["to"])) for e in items]
+        edits = [SenseEdit(*(_edit_field(e, key) for key in ("word", "from", "to"))) for e in items]
     except OSError as err:
         raise BackpackError(f"{path}: cannot read edits ({err.strerror})") from None
     except (ValueError, KeyError, TypeError) as err:

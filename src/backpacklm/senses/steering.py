@@ -118,6 +118,10 @@ def _check_method(method: str) -> None:
 
 def _check_setting(method: str, strength: int, pplm_step_sizes: Sequence[float]) -> None:
     _check_method(method)
+    _check_strength(method, strength, pplm_step_sizes)
+
+
+def _check_strength(method: str, strength: int, pplm_step_sizes: Sequence[float]) -> None:
     if strength not in STRENGTHS:
         raise BackpackError(f"strength must be one of {sorted(STRENGTHS)}, not {strength}")
     if method == "pplm" and strength >= len(pplm_step_sizes):
@@ -136,7 +140,7 @@ def _check_settings(models: dict, strengths: Sequence[int], pplm_step_sizes: Seq
             require_transformer(model)
     for method in models:
         for strength in strengths:
-            _check_setting(method, strength, pplm_step_sizes)
+            _check_strength(method, strength, pplm_step_sizes)
     if mauve_references is not None and (len(mauve_references) < 2 or generations < 2):
         raise BackpackError(f"MAUVE needs at least 2 reference texts and 2 generations per setting "
                             f"(given {len(mauve_references)} and {generations})")
