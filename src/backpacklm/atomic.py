@@ -8,7 +8,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import BackpackError
 
@@ -29,13 +29,26 @@ def check_output_dir(path: str | Path) -> Path:
     return path
 
 
-def check_output_file(path: str | Path) -> Path:
-    """`path` if a file can be written there: not an existing folder, and its folder usable (`check_output_dir`)."""
+def check_output_file(path: str | Path, kind: str | None = None, is_kind: Callable[[Path], bool] | None = None) -> Path:
+    """`path` if a file can be written there: not an existing folder, and its folder usable (`check_output_dir`).
+    With `is_kind`, an existing file is replaced only if it is one of the command's own results (`is_kind(path)`);
+    anything else there (a corpus, a model's config.json or weights) is refused, not overwritten."""
     path = Path(path)
     if path.is_dir():
         raise BackpackError(f"{path} is a folder; give a file name")
     check_output_dir(path.parent)
+    if is_kind is not None and path.exists() and not is_kind(path):
+        raise BackpackError(f"{path} exists and is not {kind}; refusing to replace it (choose another name)")
     return path
+
+
+def is_json_object_with(path: Path, *keys: str) -> bool:
+    """Whether `path` holds a JSON object with all of `keys` (how a command recognizes a result file of its own)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(value, dict) and all(key in value for key in keys)
 
 
 @contextmanager

@@ -15,6 +15,8 @@ RULES = {
     "non_negative_float": (float, lambda v: v >= 0, "a finite number >= 0"),
     "probability": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "unit_interval": (float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "seed": (int, lambda v: 0 <= v < 2**64, "an integer in [0, 2**64)"),  # what torch's generators take
+    "learning_rate": (float, lambda v: 0 < v <= 3.4e38, "a number in (0, 3.4e38], float32's range"),  # 1e300 overflowed
 }
 
 

@@ -7,6 +7,9 @@ class BackpackError(Exception):
 
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (library messages can run to several lines), or its type's name:
-    what a one-line BackpackError quotes of the error it replaces."""
-    text = str(err).strip()
-    return text.splitlines()[0].strip() if text else type(err).__name__
+    what a one-line BackpackError quotes of the error it replaces. A first line ending in ":" only introduces the
+    reason (transformers' "Validation error for field 'n_layer':"), so the next line is joined to it."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]

@@ -64,6 +64,9 @@ def paths(tmp_path_factory):
     shutil.copytree(root / "char", root / "no_eos")
     (root / "no_eos" / "tokenizer_config.json").write_text("{}")
     (root / "deep.json").write_text('{"edits": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for name, header in (("slash_task", "a/b"), ("underscore_task", "a_b")):
+        (root / f"{name}.jsonl").write_text(json.dumps({"task": {"name": header}}) + "\n"
+                                            + json.dumps({"prompt": "ab", "answer": "c"}) + "\n")
     (root / "not_a_world").mkdir()
     (root / "not_a_world" / "truth.json").write_text('{"topics": {}}')
     return root
@@ -82,7 +85,7 @@ USAGE = [
     ("sample --model M --top-p 1.5", "must be a number in (0, 1], got 1.5"),
     ("sample --model M --top-p nan", "must be a number in (0, 1]"),
     ("sample --model M --num-samples 0", "argument --num-samples"),
-    ("sample --model M --seed -1", "argument --seed: must be an integer >= 0"),
+    ("sample --model M --seed -1", "argument --seed: must be an integer in [0, 2**64), got -1"),
     ("sample --model M --bogus", "unrecognized arguments: --bogus"),
     ("sample", "required: --model"),
     ("eval --model M --data D --batch-size 0", "argument --batch-size"),
@@ -93,7 +96,7 @@ USAGE = [
     ("train --data D --out O --batch-size -4", "argument --batch-size"),
     ("train --data D --out O --grad-accum 0", "argument --grad-accum"),
     ("train --data D --out O --block-size 0", "argument --block-size"),
-    ("train --data D --out O --lr 0", "argument --lr: must be a finite number > 0"),
+    ("train --data D --out O --lr 0", "argument --lr: must be a number in (0, 3.4e38], float32's range, got 0.0"),
     ("train --data D --out O --lr nan", "argument --lr"),
     ("train --data D --out O --min-lr -1", "argument --min-lr: must be a finite number >= 0"),
     ("train --data D --out O --warmup-steps -1", "argument --warmup-steps"),
@@ -210,7 +213,27 @@ RUNTIME = [
     ("sample --model {no_eos} --max-new-tokens 2", "an empty prompt starts from the end-of-text token"),
     ("debias --model {char} --world {not_a_world} --out {root}/debias", "not a world's ground truth (no polysemous"),
     ("edit --model {word} --edits {deep}", "an input file is nested too deeply to read"),
-    ("heads importance --model {char} --builtin copy --builtin copy --out {root}/twice", "two tasks are named 'copy'"),
+    ("heads importance --model {char} --builtin copy --builtin copy --out {root}/twice",
+     "tasks 'copy' and 'copy' would write the same result files"),
+    ("heads importance --model {char} --task {slash_task} --task {underscore_task} --out {root}/collide",
+     "tasks 'a/b' and 'a_b' would write the same result files"),
+    ("train --init-from {char} --data {story_data} --out {root}/init_run --n-layer 4",  # was ignored, yet recorded
+     "keeps that model's sizes and settings; drop the model options (n_layer)"),
+    ("gist eval --model {char} --data x={corpus} --data x={corpus} --out {root}/ge1", "two --data splits are named 'x'"),
+    ("gist eval --model {char} --data ={corpus} --out {root}/ge2", "give SPLIT=FILE or FILE, with a split name and a file"),
+    ("gist eval --model {char} --data seen= --out {root}/ge3", "--data 'seen=': give SPLIT=FILE or FILE"),
+    # a file that is not the command's own result is refused, not replaced (these replaced a model's files)
+    ("eval --model {char} --text {corpus} --json {char}/config.json", "config.json exists and is not an earlier eval"),
+    ("edit --model {word} --word king --from crown --to sea --prompt king --save {corpus}",
+     "corpus.txt exists and is not an edits file; refusing to replace it"),
+    ("gist compress --model {char} --prompt x --out {char}/model.safetensors",
+     "model.safetensors exists and is not a compressed-prompt file"),
+    # numbers that overflow: a seed torch cannot take, sampling that overflows float32, a model larger than memory
+    ("sample --model {char} --seed 18446744073709551616", "must be an integer in [0, 2**64), got 18446744073709551616"),
+    ("train --data {story_data} --out {root}/lr_run --lr 1e300", "--lr: must be a number in (0, 3.4e38], float32's range, got 1e+300"),
+    ("sample --model {char} --temperature 1e-45 --max-new-tokens 2", "the next-token probabilities became inf or nan"),
+    ("train --data {story_data} --out {root}/huge_run --n-embd 100000 --n-head 1 --num-senses 1 --n-layer 1",
+     "GiB for its float32 weights alone; this machine has"),
     ("steer --model {word} --topic {royal} --strength 0 --prompt the --samples 1 --length 2 --mauve-references "
      "{corpus} --mauve-model {char} --out {root}/steer3", "char has a different tokenizer than"),
 ]
@@ -294,7 +317,7 @@ def test_data_without_a_tokenizer_folder_is_not_compared(paths, capsys, tmp_path
 API = [
     (lambda: TrainConfig(data="d", out="o", max_steps=0), "max_steps must be an integer >= 1, got 0"),
     (lambda: TrainConfig(data="d", out="o", batch_size=2.5), "batch_size must be an integer >= 1"),
-    (lambda: TrainConfig(data="d", out="o", lr=float("nan")), "lr must be a finite number > 0"),
+    (lambda: TrainConfig(data="d", out="o", lr=float("nan")), "lr must be a number in (0, 3.4e38], float32's range, got nan"),
     (lambda: TrainConfig(data="d", out="o", eval_interval=0), "eval_interval"),
     (lambda: BackpackConfig(**{**TINY, "n_head": 0}), "n_head must be an integer >= 1"),
     (lambda: BackpackConfig(**TINY, resid_pdrop=1.5), "resid_pdrop must be a number in [0, 1]"),

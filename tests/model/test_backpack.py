@@ -27,6 +27,16 @@ def test_published_parameter_counts(preset, total, trunk):
     with torch.device("meta"):
         baseline = build_model(model.config, "transformer")
     assert gpt2.scale_attn_by_inverse_layer_idx and sum(p.numel() for p in baseline.parameters()) == trunk
+    assert (model.config.parameter_count(), model.config.parameter_count("transformer")) == (total, trunk)
+
+
+def test_a_model_larger_than_memory_is_refused_before_it_is_built():
+    from backpacklm.model.config import check_fits_in_memory
+
+    huge = BackpackConfig.from_preset("tiny", n_layer=10**9)  # building it on meta alone took minutes
+    with pytest.raises(BackpackError, match=r"a model of [\d,]+ parameters needs [\d.]+ GiB for its float32 weights"):
+        build_model(huge)
+    check_fits_in_memory(BackpackConfig.from_preset("micro"))  # 0.16 GiB: fits
 
 
 def reference_forward(model, input_ids):

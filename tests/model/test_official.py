@@ -222,6 +222,18 @@ def test_official_config_mapping():
         official_config_to_ours({**official, "activation_function": "relu"})
     with pytest.raises(BackpackError):
         official_config_to_ours({**official, "n_embd": 66})  # not divisible by n_head
+    bad_fields = {  # the reason, not just "Validation error for field ...:"; NaN or negative eps made NaN logits
+        "n_layer": (True, "Validation error for field 'n_layer': TypeError: Field 'n_layer' expected int, got bool"),
+        "layer_norm_epsilon": ("x", "expected float, got str (value: 'x')"),
+        "num_senses": (None, "num_senses must be an integer >= 1, got None"),
+    }
+    for name, (value, message) in bad_fields.items():
+        with pytest.raises(BackpackError) as err:
+            official_config_to_ours({**official, name: value})
+        assert message in str(err.value)
+    for eps in (float("nan"), -1.0, 0.0):
+        with pytest.raises(BackpackError, match="layer_norm_epsilon must be a finite number > 0"):
+            official_config_to_ours({**official, "layer_norm_epsilon": eps})
 
 
 # --- the mapping is semantically right: an independent reference forward of the official model --------------------

@@ -36,10 +36,12 @@ def run(args) -> None:
     from ..errors import BackpackError
     from ..model.loading import load_model
     from ..sampling import sample_text
-    from ..senses.edit import SenseEdit, edit_overrides, load_edits, measure_edit, save_edits
+    from ..senses.edit import SenseEdit, edit_overrides, edits_path, load_edits, measure_edit, save_edits
 
     if args.out:
         check_output_dir(args.out)
+    if args.save is not None:
+        edits_path(args.save or args.model)  # refused before any work if it would replace another kind of file
     if args.edits and (args.word or args.source or args.target):
         raise BackpackError("give either --word, --from and --to, or --edits FILE, not both")
     if args.edits:

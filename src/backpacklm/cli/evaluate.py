@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 def run(args) -> None:
     import numpy as np
 
-    from ..atomic import check_output_file, write_json_atomic
+    from ..atomic import check_output_file, is_json_object_with, write_json_atomic
     from ..data.dataset import TokenData
     from ..data.tokenizers import encode_strict
     from ..errors import BackpackError
@@ -36,7 +36,8 @@ def run(args) -> None:
     from ..model.loading import load_model, max_positions
 
     if args.json:
-        check_output_file(args.json)
+        check_output_file(args.json, "an earlier eval result",
+                          lambda path: is_json_object_with(path, "loss", "perplexity", "tokens"))
     model, tokenizer = load_model(args.model)
     if args.data:
         data = TokenData(args.data)

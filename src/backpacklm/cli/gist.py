@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import BackpackError
 from .help_format import DefaultsHelpFormatter
-from .options import non_negative_int, positive_float, positive_int
+from .options import non_negative_int, positive_float, positive_int, seed
 from .train import add_training_arguments, adopt_run_settings, report, training_kwargs
 
 FORMAT = DefaultsHelpFormatter
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=positive_float, default=1.0)
     p.add_argument("--top-k", type=non_negative_int, default=0)
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", default=None, help="folder for generations.json")
     p.set_defaults(func=run_generate)
@@ -105,12 +105,12 @@ def _load(model_dir):
 
 def run_compress(args) -> None:
     from ..atomic import check_output_file
-    from ..gist.cache import compress, compress_texts
+    from ..gist.cache import compress, compress_texts, is_compressed_file
     from ..gist.data import load_examples
 
     if args.prompt and args.gists is not None:
         raise BackpackError("--gists applies to --instructions only: a --prompt ends with its own <GIST> tokens")
-    check_output_file(args.out)
+    check_output_file(args.out, "a compressed-prompt file", is_compressed_file)
     model, tokenizer = _load(args.model)
     if args.prompt:
         compressed = compress_texts(model, tokenizer, args.prompt, args.batch_size, args.keep)
@@ -159,16 +159,27 @@ def run_generate(args) -> None:
         write_json_atomic(Path(args.out) / "generations.json", results)
 
 
+def _split_files(specs: list[str]) -> dict[str, str]:
+    """Split name -> file from `--data [SPLIT=]FILE` options (the name defaults to the file's stem)."""
+    files = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name, path = (name, path) if sep else (Path(spec).stem, spec)
+        if not name or not path:
+            raise BackpackError(f"--data {spec!r}: give SPLIT=FILE or FILE, with a split name and a file")
+        if name in files:
+            raise BackpackError(f"two --data splits are named {name!r}: give each its own SPLIT= name")
+        files[name] = path
+    return files
+
+
 def run_eval(args) -> None:
     from ..atomic import check_output_dir, replacing, write_json_atomic
     from ..gist.evaluate import evaluate_gist, quality_table
     from ..gist.savings import quality_vs_compression_png
 
     out = check_output_dir(args.out)
-    files = {}
-    for spec in args.data:
-        name, sep, path = spec.partition("=")
-        files[name if sep else Path(spec).stem] = path if sep else spec
+    files = _split_files(args.data)
     evaluations = [evaluate_gist(m, files, args.batch_size, args.max_new_tokens, args.max_examples,
                                  progress=not args.no_progress)
                    for m in args.model]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .options import non_negative_int, positive_int
+from .options import non_negative_int, positive_int, seed
 
 
 def _percent_list(text: str) -> list[float]:
@@ -35,7 +35,7 @@ def _model_args(p, task: bool = True, choice_scoring: bool = True) -> None:
     p.add_argument("--out", required=True, help="folder for the JSON results and PNGs")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (ignored with --device-map)")
     p.add_argument("--device-map", default=None, help="e.g. auto: shard a large model over the available devices")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--no-progress", action="store_true")
     if task:
         p.add_argument("--task", action="append", default=[], help="JSONL task file (repeatable)")
@@ -133,10 +133,11 @@ def _tasks(args, tokenizer) -> list[tuple[object, int]]:
                    DEFAULT_SHOTS.get(name, 0)) for name in args.builtin]
     if args.batch_size < 1:
         raise BackpackError(f"batch size must be >= 1, got {args.batch_size}")
-    names = [task.name for task, _ in tasks]
-    if repeated := sorted({name for name in names if names.count(name) > 1}):
-        raise BackpackError(f"two tasks are named {repeated[0]!r} (a task's header name, else its file name); "
-                            "their result files would collide: rename one")
+    files = [_safe(task.name) for task, _ in tasks]  # result files are named by the task, made file-safe
+    if repeated := sorted({name for name in files if files.count(name) > 1}):
+        same = [task.name for task, _ in tasks if _safe(task.name) == repeated[0]]
+        raise BackpackError(f"tasks {' and '.join(map(repr, same))} would write the same result files (a task's name "
+                            "is its header name, else its file name): rename one")
     for task, _ in tasks:
         check_task_encodable(tokenizer, task)
     return tasks

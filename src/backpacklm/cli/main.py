@@ -2,7 +2,8 @@
 
 Each module exposes `register(subparsers)`, which adds its parser(s) and sets `func` (called with the parsed args).
 A `BackpackError` anywhere, any usage error, an operating-system error (a path that cannot be created, read or
-written) and input nested too deeply to parse become one line on stderr and exit status 2.
+written), input nested too deeply to parse, running out of memory and sampling settings that overflow float32 become
+one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import BackpackError
+from ..errors import BackpackError, first_line
 
 COMMAND_MODULES = [
     "data", "train", "sample", "evaluate", "convert", "demo",
@@ -44,6 +45,21 @@ def os_error_line(err: OSError) -> str:
     return f"{paths}: {err.strerror or err}"
 
 
+# torch errors that come from the user's settings, not from a bug: (text in torch's message, what we say instead)
+SETTING_ERRORS = [
+    ("probability tensor contains", "the next-token probabilities became inf or nan: a setting is too extreme for "
+                                    "float32 (e.g. a tiny --temperature, or a huge PPLM step size, --kl-scale or --gamma)"),
+    ("can't allocate memory", "out of memory"),
+    ("not enough memory", "out of memory"),
+]
+
+
+def setting_error_line(err: RuntimeError) -> str | None:
+    """One line for a torch RuntimeError caused by the user's settings (see SETTING_ERRORS), else None."""
+    text = str(err)
+    return next((f"{said} ({first_line(err)})" for marker, said in SETTING_ERRORS if marker in text), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from huggingface_hub.utils import logging as hub_logging
@@ -62,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RecursionError:  # e.g. JSON nested thousands of levels deep: no file of ours is
         print(f"backpack {args.command}: error: an input file is nested too deeply to read", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"backpack {args.command}: error: out of memory", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if (line := setting_error_line(err)) is None:
+            raise  # a bug: keep the traceback
+        print(f"backpack {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"backpack {args.command}: interrupted", file=sys.stderr)

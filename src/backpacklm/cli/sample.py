@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import non_negative_int, positive_float, positive_int, probability
+from .options import non_negative_int, positive_float, positive_int, probability, seed
 
 
 def register(subparsers) -> None:
@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("--top-p", type=probability, default=1.0)
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--num-samples", type=positive_int, default=1)
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--edit", default=None, metavar="FILE",
                    help="apply the sense edits of this file (see `backpack edit`; a model directory means its edits.json)")

@@ -42,7 +42,7 @@ def _words(args) -> list[str]:
 
 
 def run(args) -> None:
-    from ..atomic import check_output_dir, check_output_file, write_json_atomic
+    from ..atomic import check_output_dir, check_output_file, is_json_object_with, write_json_atomic
     from ..errors import BackpackError
     from ..model.loading import load_model
     from ..senses.projection import (check_sense_index, format_projection, projection_heatmap, require_backpack,
@@ -57,7 +57,7 @@ def run(args) -> None:
     if args.out:
         check_output_dir(args.out)
     if args.json:
-        check_output_file(args.json)
+        check_output_file(args.json, "an earlier senses result", lambda path: is_json_object_with(path, "projections"))
     model, tokenizer = load_model(args.model)
     if tokenizer is None:
         raise BackpackError(f"{args.model} has no tokenizer")

@@ -6,7 +6,9 @@ from __future__ import annotations
 from ..senses.pplm import PPLMSettings
 from .help_format import DefaultsHelpFormatter
 from ..senses.steering import PPLM_STEP_SIZES, SamplingSettings
-from .options import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
+from .options import (
+    non_negative_float, non_negative_int, positive_float, positive_int, seed, unit_interval,
+)
 
 
 def register(subparsers) -> None:
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--length", type=positive_int, default=sampling.length, help="new tokens per sample")
     p.add_argument("--temperature", type=positive_float, default=sampling.temperature)
     p.add_argument("--top-k", type=non_negative_int, default=sampling.top_k, help="0: no top-k filtering")
-    p.add_argument("--seed", type=non_negative_int, default=sampling.seed)
+    p.add_argument("--seed", type=seed, default=sampling.seed)
     pplm = PPLMSettings()
     p.add_argument("--pplm-step-sizes", type=non_negative_float, nargs=4, default=list(PPLM_STEP_SIZES), metavar="S",
                    help="PPLM step size at strengths 0..3")

@@ -8,7 +8,9 @@ import signal
 from ..model.config import PRESETS
 from ..model.transformer import ARCHITECTURES
 from .help_format import DefaultsHelpFormatter
-from .options import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
+from .options import (
+    learning_rate, non_negative_float, non_negative_int, positive_float, positive_int, seed, unit_interval,
+)
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "num_senses", "n_positions", "vocab_size")
 
@@ -46,7 +48,7 @@ def add_training_arguments(p, warmup_steps: int = 100, eval_interval: int = 250,
     p.add_argument("--batch-size", type=positive_int, default=12, help="sequences per optimizer step (all processes)")
     p.add_argument("--block-size", type=positive_int, default=None, help="tokens per sequence (default: model positions)")
     p.add_argument("--grad-accum", type=positive_int, default=1)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--lr", type=learning_rate, default=1e-3)
     p.add_argument("--min-lr", type=non_negative_float, default=None, help="default lr/10")
     p.add_argument("--warmup-steps", type=non_negative_int, default=warmup_steps)
     p.add_argument("--decay", default="cosine", choices=["cosine", "linear", "constant"])
@@ -56,7 +58,7 @@ def add_training_arguments(p, warmup_steps: int = 100, eval_interval: int = 250,
     p.add_argument("--eval-batches", type=positive_int, default=eval_batches)
     p.add_argument("--log-interval", type=positive_int, default=10)
     p.add_argument("--checkpoint-interval", type=positive_int, default=None, help="default: eval interval")
-    p.add_argument("--seed", type=non_negative_int, default=1337)
+    p.add_argument("--seed", type=seed, default=1337)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast: auto is bfloat16 on a GPU that has it, else float32; float16 only on CUDA")

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from .help_format import DefaultsHelpFormatter
-from .options import non_negative_int
+from .options import seed
 
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def _register_senses(kinds) -> None:
                     "it into DIR/data (word-level: every world word one token), ready for `backpack train --data DIR/data`.",
     )
     senses.add_argument("--out", required=True, type=Path, metavar="DIR")
-    senses.add_argument("--seed", type=non_negative_int, default=0)
+    senses.add_argument("--seed", type=seed, default=0)
     senses.add_argument("--documents", type=int, default=4000, metavar="N", help="documents (lines) to write (4000)")
     senses.add_argument("--prepare", action="store_true", help="also tokenize into DIR/data")
     senses.set_defaults(func=run_senses)
@@ -62,7 +62,7 @@ def _register_instructions(kinds) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write")
-    p.add_argument("--seed", type=non_negative_int, default=d.seed)
+    p.add_argument("--seed", type=seed, default=d.seed)
     p.add_argument("--n-train", type=int, default=d.n_train, help="training examples")
     p.add_argument("--n-eval", type=int, default=d.n_eval, help="examples per evaluation split")
     p.add_argument("--tasks", default=",".join(d.tasks), help=f"comma-separated subset of {','.join(TASKS)}")

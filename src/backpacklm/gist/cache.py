@@ -128,6 +128,15 @@ class CompressedPrompts:
         return path
 
 
+def is_compressed_file(path: Path) -> bool:
+    """Whether `path` is a file `CompressedPrompts.save` wrote (its header names FORMAT); nothing else is replaced."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("gist", "{}")).get("format") == FORMAT
+    except (SafetensorError, OSError, ValueError, AttributeError):
+        return False
+
+
 def load_compressed(path: str | Path, model=None) -> CompressedPrompts:
     """Read a file written by `CompressedPrompts.save`; with `model`, check that it made them (one-line error)."""
     path = Path(path)
@@ -400,7 +409,7 @@ class SamplingConfig:
 
     def __post_init__(self):
         check_fields(self, max_new_tokens="positive_int", temperature="positive_float", top_k="non_negative_int",
-                     seed="non_negative_int")
+                     seed="seed")
 
 
 @torch.no_grad()

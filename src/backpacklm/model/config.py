@@ -9,7 +9,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import GPT2Config
 
-from ..checks import check_fields
+from ..checks import check, check_fields
 from ..errors import BackpackError
 
 # Published sizes (Hewitt et al. 2023, Table 1 and the stanfordnlp/backpack-gpt2 release): k=16, V=50264, 512 positions.
@@ -48,9 +48,11 @@ class BackpackConfig(GPT2Config):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        check_fields(self, **dict.fromkeys(("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "num_senses",
-                                            "sense_intermediate_scale"), "positive_int"),
-                     **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), "unit_interval"))
+        for name in ("n_embd", "n_layer", "n_head", "num_senses", "sense_intermediate_scale"):  # null sizes nothing
+            check(name, getattr(self, name), "positive_int")
+        check_fields(self, **dict.fromkeys(("vocab_size", "n_positions"), "positive_int"),
+                     **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), "unit_interval"),
+                     layer_norm_epsilon="positive_float")
         if self.n_embd % self.n_head or self.n_embd % self.num_senses:
             raise BackpackError(
                 f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} and num_senses={self.num_senses}"
@@ -68,3 +70,31 @@ class BackpackConfig(GPT2Config):
         """Inner widths of (FFN_1, FFN_2) in the sense network."""
         d = self.n_embd
         return (d, d) if self.shrink_sense_inner else (4 * d, self.sense_intermediate_scale * d)
+
+    def parameter_count(self, arch: str = "backpack") -> int:
+        """Parameters of the model this config builds, from its sizes (no model built): the trunk (tied embeddings,
+        positions, L blocks, final LayerNorm), and for the Backpack the sense network and sense-weight projection."""
+        d, k, (inner_1, inner_2) = self.n_embd, self.num_senses, self.sense_inner_sizes
+        mlp = self.n_inner or 4 * d
+        block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * mlp + mlp) + (mlp * d + d)
+        trunk = (self.vocab_size + self.n_positions) * d + self.n_layer * block + 2 * d
+        if arch == "transformer":
+            return trunk
+        senses = 6 * d + (d * inner_1 + inner_1) + (inner_1 * d + d) + (d * inner_2 + inner_2) + (inner_2 * k * d + k * d)
+        return trunk + senses + (d * 2 * d + 2 * d)
+
+
+def check_fits_in_memory(config: BackpackConfig, arch: str = "backpack") -> None:
+    """BackpackError before building a model whose float32 weights alone exceed this machine's memory (building it
+    would fail deep inside torch, or swap for minutes)."""
+    import os
+
+    count = config.parameter_count(arch)
+    needed = 4 * count
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): let torch report it
+        return
+    if needed > available:
+        raise BackpackError(f"a model of {count:,} parameters needs {needed / 2**30:.1f} GiB for its "
+                            f"float32 weights alone; this machine has {available / 2**30:.1f} GiB of memory")

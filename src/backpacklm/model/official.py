@@ -34,7 +34,7 @@ import torch
 from ..atomic import replacing
 from ..checks import check
 from ..errors import BackpackError, first_line
-from .config import BackpackConfig
+from .config import BackpackConfig, check_fits_in_memory
 from .modeling_backpack import BackpackForCausalLM
 
 OFFICIAL_MODEL_TYPE = "backpack-gpt2"
@@ -163,6 +163,7 @@ def ours_to_official_config(config: BackpackConfig, dtype: torch.dtype | None = 
 
 # --- state dicts ----------------------------------------------------------------------------------------------------
 def _our_shapes(config: BackpackConfig) -> dict[str, torch.Size]:
+    check_fits_in_memory(config)  # the weights are loaded into memory next
     with torch.device("meta"):
         model = BackpackForCausalLM(config)
     return {k: v.shape for k, v in model.state_dict().items()}

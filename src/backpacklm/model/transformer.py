@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from .config import BackpackConfig
+from .config import BackpackConfig, check_fits_in_memory
 from .modeling_backpack import BackpackForCausalLM
 
 ARCHITECTURES = ("backpack", "transformer")
@@ -27,6 +27,7 @@ def transformer_config(config: BackpackConfig) -> GPT2Config:
 
 def build_model(config: BackpackConfig, arch: str = "backpack"):
     """A freshly initialized model of either architecture from one Backpack config."""
+    check_fits_in_memory(config, arch)
     if arch == "backpack":
         return BackpackForCausalLM(config)
     return GPT2LMHeadModel(transformer_config(config))

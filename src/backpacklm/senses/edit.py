@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import write_json_atomic
+from ..atomic import check_output_file, is_json_object_with, write_json_atomic
 from ..errors import BackpackError
 from .projection import require_backpack
 from .words import word_ids
@@ -85,10 +85,16 @@ def edit_overrides(model, tokenizer, edits: list[SenseEdit]) -> dict[int, torch.
     return overrides
 
 
-def save_edits(path: str | Path, edits: list[SenseEdit]) -> Path:
+def edits_path(path: str | Path) -> Path:
+    """Where `save_edits(path, ...)` writes, checked first: a folder (a model's) means its edits.json, and an existing
+    file is replaced only if it is an edits file."""
     path = Path(path)
-    if path.is_dir():
-        path = path / EDITS_FILE
+    return check_output_file(path / EDITS_FILE if path.is_dir() else path, "an edits file",
+                             lambda existing: is_json_object_with(existing, "edits"))
+
+
+def save_edits(path: str | Path, edits: list[SenseEdit]) -> Path:
+    path = edits_path(path)
     write_json_atomic(path, {"edits": [e.to_dict() for e in edits]})
     return path
 

@@ -35,7 +35,7 @@ class SamplingSettings:
 
     def __post_init__(self):
         check_fields(self, length="positive_int", samples="positive_int", temperature="positive_float",
-                     top_k="non_negative_int", seed="non_negative_int")
+                     top_k="non_negative_int", seed="seed")
 
 
 @dataclass

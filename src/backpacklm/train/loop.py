@@ -80,14 +80,17 @@ class TrainConfig:
     def __post_init__(self):
         check_fields(
             self, max_steps="positive_int", stop_after="positive_int", max_minutes="positive_float",
-            batch_size="positive_int", block_size="positive_int", grad_accum="positive_int", lr="positive_float",
+            batch_size="positive_int", block_size="positive_int", grad_accum="positive_int", lr="learning_rate",
             min_lr="non_negative_float", warmup_steps="non_negative_int", weight_decay="non_negative_float",
             grad_clip="non_negative_float", eval_interval="positive_int", eval_batches="positive_int",
-            log_interval="positive_int", checkpoint_interval="positive_int", seed="non_negative_int",
+            log_interval="positive_int", checkpoint_interval="positive_int", seed="seed",
             threads="positive_int",
         )
         if self.min_lr is not None and self.min_lr > self.lr:
             raise BackpackError(f"--min-lr {self.min_lr:g} is above --lr {self.lr:g}: the decay would raise the lr")
+        if self.init_from and self.model_overrides:  # the model's own config.json decides: they would be ignored
+            raise BackpackError(f"--init-from {self.init_from} keeps that model's sizes and settings; drop the "
+                                f"model options ({', '.join(sorted(self.model_overrides))})")
 
 
 def model_config(cfg: TrainConfig, meta: dict) -> BackpackConfig:
