@@ -222,6 +222,7 @@ RUNTIME = [
     ("gist eval --model {char} --data x={corpus} --data x={corpus} --out {root}/ge1", "two --data splits are named 'x'"),
     ("gist eval --model {char} --data ={corpus} --out {root}/ge2", "give SPLIT=FILE or FILE, with a split name and a file"),
     ("gist eval --model {char} --data seen= --out {root}/ge3", "--data 'seen=': give SPLIT=FILE or FILE"),
+    ("gist train --data {corpus} --out {root}/gist_block --block-size 8", "--block-size does not apply to gist training"),
     # a file that is not the command's own result is refused, not replaced (these replaced a model's files)
     ("eval --model {char} --text {corpus} --json {char}/config.json", "config.json exists and is not an earlier eval"),
     ("edit --model {word} --word king --from crown --to sea --prompt king --save {corpus}",

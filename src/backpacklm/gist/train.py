@@ -60,6 +60,9 @@ class InstructionBatches:
             raise BackpackError(f"unknown condition {cfg.condition!r}; choose from {', '.join(CONDITIONS)}")
         if not 1 <= cfg.gists <= 64:
             raise BackpackError(f"--gists must be between 1 and 64, got {cfg.gists}")
+        if cfg.block_size is not None:  # the loop's windows of a token stream; it was silently ignored here
+            raise BackpackError("--block-size does not apply to gist training: each batch holds whole examples "
+                                "(--skip-long leaves out those longer than the model's positions)")
         train_examples = load_examples(cfg.data)
         if cfg.val_data:
             val_examples = load_examples(cfg.val_data)
