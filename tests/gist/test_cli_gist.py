@@ -95,6 +95,10 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     missing.write_text(json.dumps([{"instruction": "sort", "input": "b a"}]))
     code, out, err = run_cli(capsys, "gist", "train", "--data", missing, "--out", tmp_path / "r", *TINY)
     assert code == 2 and err.count("\n") == 1 and "record 0 has no string field 'output'" in err
+    blank = tmp_path / "blank.json"
+    blank.write_text(json.dumps(RECORDS[:1] + [{"instruction": " \n", "input": "b a", "output": "a b"}]))
+    code, out, err = run_cli(capsys, "gist", "train", "--data", blank, "--out", tmp_path / "r", *TINY)
+    assert code == 2 and err.count("\n") == 1 and "record 1 has an empty 'instruction'" in err
 
     reserved = tmp_path / "reserved.json"
     reserved.write_text(json.dumps(RECORDS[:2] + [{"instruction": "sort <GIST>", "input": "b a", "output": "a b"}]))

@@ -19,8 +19,8 @@ FIELDS = ("instruction", "input", "output")
 def load_examples(path: str | Path, require_output: bool = True) -> list[GistExample]:
     """Records of a JSON list (or JSON Lines) of {"instruction", "input", "output"} objects.
 
-    "input" may be missing or empty (no input); a missing "instruction" (or "output", when required), or a field
-    containing the reserved `<GIST>` string, is a one-line error naming the record.
+    "input" may be missing or empty (no input); a missing or blank "instruction" (or a missing "output", when
+    required), or a field containing the reserved `<GIST>` string, is a one-line error naming the record.
     """
     path = Path(path)
     try:
@@ -46,6 +46,8 @@ def load_examples(path: str | Path, require_output: bool = True) -> list[GistExa
         missing = [f for f in required if not isinstance(record.get(f), str)]
         if missing:
             raise BackpackError(f"{path}: record {i} has no string field {', '.join(repr(m) for m in missing)}")
+        if not record["instruction"].strip():  # nothing to compress (a word tokenizer blamed the token ' \n')
+            raise BackpackError(f"{path}: record {i} has an empty 'instruction'")
         if not isinstance(record.get("input", ""), str):
             raise BackpackError(f"{path}: record {i} has a non-string 'input'")
         if reserved := [f for f in FIELDS if isinstance(record.get(f), str) and GIST_TOKEN in record[f]]:
