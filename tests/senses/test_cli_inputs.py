@@ -160,8 +160,8 @@ def test_debias_models_must_share_the_tokenizer(models, tmp_path, capsys):
     capsys.readouterr()  # the save's progress bar
     line = cli_error(capsys, "debias", "--model", models["backpack"], other, "--out", tmp_path / "o",
                      *debias_files(tmp_path))
-    assert line == (f"backpack debias: error: {other} has a different tokenizer than {models['backpack']}; "
-                    "the models must share one")
+    assert line.startswith(f"backpack debias: error: {other} has a different tokenizer than {models['backpack']} (")
+    assert "vocabulary" in line and line.endswith("); the models must share one")
     assert not (tmp_path / "o").exists()
 
 

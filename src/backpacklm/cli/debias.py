@@ -26,6 +26,7 @@ def register(subparsers) -> None:
 
 def run(args) -> None:
     from ..atomic import check_output_dir, replacing, write_json_atomic
+    from ..data.tokenizers import tokenizer_difference
     from ..errors import BackpackError
     from ..model.loading import load_model
     from ..senses.debias import DEFAULT_TEMPLATES, debias, debias_png, read_lines
@@ -49,8 +50,9 @@ def run(args) -> None:
         raise BackpackError("none of the model directories has a tokenizer")
     tokenizer = tokenizers[0][1]
     for path, other in tokenizers[1:]:
-        if other.get_vocab() != tokenizer.get_vocab():
-            raise BackpackError(f"{path} has a different tokenizer than {tokenizers[0][0]}; the models must share one")
+        if difference := tokenizer_difference(tokenizer, other):
+            raise BackpackError(f"{path} has a different tokenizer than {tokenizers[0][0]} ({difference}); the models "
+                                "must share one")
     report = debias([m for m, _ in loaded], tokenizer, professions, templates, args.sense)
     if professions and len(report.professions) < len(professions):
         left_out = [p for p in professions if p not in report.professions]

@@ -95,12 +95,14 @@ def load_scorer(spec: str):
 
 def _load_companion(path: str, args, tokenizer):
     """A second model (--compare, --reference-model, --mauve-model); it must read the same token ids as --model."""
+    from ..data.tokenizers import tokenizer_difference
     from ..errors import BackpackError
     from ..model.loading import load_model
 
     other, other_tokenizer = load_model(path, device=args.device)
-    if other_tokenizer is not None and other_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise BackpackError(f"{path} has a different tokenizer than {args.model}; it must read the same token ids")
+    if other_tokenizer is not None and (difference := tokenizer_difference(tokenizer, other_tokenizer)):
+        raise BackpackError(f"{path} has a different tokenizer than {args.model} ({difference}); it must read the "
+                            "same token ids")
     return other
 
 
