@@ -48,7 +48,8 @@ def test_sample_batch_covers_all_starts():
     tokens = np.arange(10, dtype=np.uint16)
     x = sample_batch(tokens, batch_size=2000, block_size=4, generator=torch.Generator().manual_seed(1))
     assert sorted(set(x[:, 0].tolist())) == [0, 1, 2, 3, 4, 5]  # starts in [0, 10 - 4)
-    with pytest.raises(BackpackError, match=r"split has 10 tokens, fewer than block size \+ 1 = 11"):
+    with pytest.raises(BackpackError, match=r"split has 10 tokens, fewer than block size \+ 1 = 11; give a "
+                                           r"--block-size below 10 or more text"):
         sample_batch(tokens, 2, 10, torch.Generator())
 
 

@@ -301,6 +301,11 @@ def write_tiny_gpt2_tokenizer(directory):
 def test_cli_import_then_auto_model_and_export_back(official_dir, tmp_path, monkeypatch, capsys):
     model, directory = official_dir
     write_tiny_gpt2_tokenizer(directory)
+    from backpacklm.model.loading import load_model
+
+    with pytest.raises(BackpackError, match=r"is in the official backpack-gpt2 layout; import it first with `backpack "
+                                            r"convert --official"):  # was: "your version of Transformers is out of date"
+        load_model(directory)
     out = tmp_path / "ours"
     assert cli(["convert", "--official", str(directory), "--out", str(out)], monkeypatch) == 0
     printed = capsys.readouterr().out

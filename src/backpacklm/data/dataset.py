@@ -93,7 +93,8 @@ def sample_batch(tokens: np.ndarray, batch_size: int, block_size: int, generator
     Positions come from `generator` only, so restoring its state (get_state/set_state) repeats the same batches.
     """
     if len(tokens) < block_size + 1:
-        raise BackpackError(f"split has {len(tokens)} tokens, fewer than block size + 1 = {block_size + 1}")
+        raise BackpackError(f"a data split has {len(tokens)} tokens, fewer than block size + 1 = {block_size + 1}; "
+                            f"give {f'a --block-size below {len(tokens)} or ' if len(tokens) > 1 else ''}more text")
     starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
     return torch.from_numpy(np.stack([tokens[s : s + block_size] for s in starts]).astype(np.int64))
 

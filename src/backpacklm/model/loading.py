@@ -61,6 +61,9 @@ def is_encoder_decoder_dir(path: str | Path) -> bool:
         raise BackpackError(f"cannot read {config_file}: {err}") from None
     if not isinstance(config, dict):
         raise BackpackError(f"{config_file} is not a model config (a JSON object)")
+    if config.get("model_type") == "backpack-gpt2":  # transformers blamed its own version for not knowing it
+        raise BackpackError(f"{config_file.parent} is in the official backpack-gpt2 layout; import it first with "
+                            f"`backpack convert --official {config_file.parent} --out DIR`")
     return bool(config.get("is_encoder_decoder", False))
 
 
