@@ -78,7 +78,7 @@ def run(args) -> None:
         write_json_atomic(args.out / "edit.json", {"model": str(args.model), "reports": reports})
     # saved once the prompts and the unrelated text have been measured: a bad one leaves an older file as it was
     if args.save is not None:
-        path = save_edits(Path(args.save) if args.save else Path(args.model), edits)  # the directory as given
+        path = save_edits(args.save or args.model, edits)  # a model directory: its edits.json
         print(f"saved {len(edits)} edit(s) to {path}")
     if args.interactive:
         print("type a prompt (empty line or end of input to stop)", file=sys.stderr)

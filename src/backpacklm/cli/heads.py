@@ -133,9 +133,10 @@ def _tasks(args, tokenizer) -> list[tuple[object, int]]:
                    DEFAULT_SHOTS.get(name, 0)) for name in args.builtin]
     if args.batch_size < 1:
         raise BackpackError(f"batch size must be >= 1, got {args.batch_size}")
-    files = [_safe(task.name) for task, _ in tasks]  # result files are named by the task, made file-safe
-    if repeated := sorted({name for name in files if files.count(name) > 1}):
-        same = [task.name for task, _ in tasks if _safe(task.name) == repeated[0]]
+    by_file: dict[str, list[str]] = {}  # result files are named by the task, made file-safe
+    for task, _ in tasks:
+        by_file.setdefault(_safe(task.name), []).append(task.name)
+    if same := next((names for names in by_file.values() if len(names) > 1), None):
         raise BackpackError(f"tasks {' and '.join(map(repr, same))} would write the same result files (a task's name "
                             "is its header name, else its file name): rename one")
     for task, _ in tasks:

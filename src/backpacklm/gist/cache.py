@@ -128,12 +128,18 @@ class CompressedPrompts:
         return path
 
 
+def _gist_header(f) -> dict:
+    """The JSON header `CompressedPrompts.save` stores in a safetensors file's metadata ({} when there is none)."""
+    header = json.loads((f.metadata() or {}).get("gist", "{}"))
+    return header if isinstance(header, dict) else {}
+
+
 def is_compressed_file(path: Path) -> bool:
     """Whether `path` is a file `CompressedPrompts.save` wrote (its header names FORMAT); nothing else is replaced."""
     try:
         with safe_open(path, framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("gist", "{}")).get("format") == FORMAT
-    except (SafetensorError, OSError, ValueError, AttributeError):
+            return _gist_header(f).get("format") == FORMAT
+    except (SafetensorError, OSError, ValueError):
         return False
 
 
@@ -142,7 +148,7 @@ def load_compressed(path: str | Path, model=None) -> CompressedPrompts:
     path = Path(path)
     try:
         with safe_open(path, framework="pt") as f:
-            header = json.loads((f.metadata() or {}).get("gist", "{}"))
+            header = _gist_header(f)
             if header.get("format") != FORMAT:
                 raise BackpackError(f"{path} is not a compressed-prompt file (written by `backpack gist compress`)")
             tensors = {name: f.get_tensor(name) for name in f.keys()}

@@ -52,8 +52,12 @@ def require_causal_lm(model, command: str) -> None:
                             f"{type(model).__name__}")
 
 
-def is_encoder_decoder_dir(path: str | Path) -> bool:
-    """Whether the model directory (or run) holds an encoder-decoder model (e.g. T5), from its config.json."""
+def read_model_config(path: str | Path) -> dict:
+    """config.json of a model directory (or run) as a dict; BackpackError if it is unreadable, not a JSON object, or
+    in the official backpack-gpt2 layout (which needs `convert --official` first; transformers blamed its own
+    version for not knowing the type)."""
+    from .official import OFFICIAL_MODEL_TYPE
+
     config_file = resolve_model_dir(path) / "config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -61,10 +65,15 @@ def is_encoder_decoder_dir(path: str | Path) -> bool:
         raise BackpackError(f"cannot read {config_file}: {err}") from None
     if not isinstance(config, dict):
         raise BackpackError(f"{config_file} is not a model config (a JSON object)")
-    if config.get("model_type") == "backpack-gpt2":  # transformers blamed its own version for not knowing it
-        raise BackpackError(f"{config_file.parent} is in the official backpack-gpt2 layout; import it first with "
-                            f"`backpack convert --official {config_file.parent} --out DIR`")
-    return bool(config.get("is_encoder_decoder", False))
+    if config.get("model_type") == OFFICIAL_MODEL_TYPE:
+        raise BackpackError(f"{config_file.parent} is in the official {OFFICIAL_MODEL_TYPE} layout; import it first "
+                            f"with `backpack convert --official {config_file.parent} --out DIR`")
+    return config
+
+
+def is_encoder_decoder_dir(path: str | Path) -> bool:
+    """Whether the model directory (or run) holds an encoder-decoder model (e.g. T5), from its config.json."""
+    return bool(read_model_config(path).get("is_encoder_decoder", False))
 
 
 def check_device(device: str) -> str:
